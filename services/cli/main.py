@@ -17,6 +17,10 @@ COMMANDS: dict[str, str] = {
     "models": "services.cli.models_cmd:models",
     "probe": "services.cli.media_cmd:probe",
     "sample": "services.cli.sample_cmd:sample",
+    "preprocess": "services.cli.preprocess_cmd:preprocess",
+    "train-ave": "services.cli.model_cmd:train_ave",
+    "train": "services.cli.model_cmd:train",
+    "eval": "services.cli.model_cmd:evaluate",
 }
 
 
