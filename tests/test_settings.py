@@ -40,3 +40,13 @@ def test_production_refuses_the_default_secret() -> None:
     with pytest.raises(ValidationError, match="SECRET_KEY"):
         Settings(environment="production")
     assert Settings(environment="production", secret_key="x" * 40).secret_key == "x" * 40
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [
+        f"SYNCTALK_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`SYNCTALK_{name.upper()}`" not in readme
+    ]
+    assert not missing, f"settings missing from README.md's table: {missing}"
