@@ -111,12 +111,12 @@ class Process:
         self._stderr.close()
 
 
-def compile_cmd(stream_spec, *, uses_stdin: bool = False) -> list[str]:
+def compile_cmd(stream_spec, *, uses_stdin: bool = False, extra_global: Sequence[str] = ()) -> list[str]:
     """ffmpeg-python graph -> argv with our binary, quiet logging and (unless stdin carries frames) -nostdin
     so ffmpeg never waits on the terminal."""
     import ffmpeg
 
     from gpu_worker.media.binaries import ffmpeg_exe
 
-    extra = ["-hide_banner", "-loglevel", "error"] + ([] if uses_stdin else ["-nostdin"])
+    extra = ["-hide_banner", "-loglevel", "error", *extra_global] + ([] if uses_stdin else ["-nostdin"])
     return ffmpeg.compile(stream_spec.global_args(*extra), cmd=ffmpeg_exe(), overwrite_output=True)
