@@ -17,7 +17,7 @@ from gpu_worker.media.info import (
     display_size,
     is_variable_rate,
 )
-from gpu_worker.media.safety import SAFE_INPUT_OPTIONS, ffmpeg_url
+from gpu_worker.media.safety import SAFE_INPUT_OPTIONS, ffmpeg_url, looks_like_mp4
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,12 +38,11 @@ def probe_ffprobe(
     cmd = [exe, "-v", "error", *_safe_args(), "-print_format", "json", "-show_format", "-show_streams"]
     try:
         out = process.run([*cmd, ffmpeg_url(p)], timeout=timeout, shown=shown, action="probe")
-    except TruncatedMediaError:
-        raise
     except NotMediaError:
-        with open(p, "rb") as fh:
-            if fh.read(8)[4:8] == b"ftyp":
-                raise TruncatedMediaError(f"{shown} looks like an MP4/MOV file but is incomplete.") from None
+        if looks_like_mp4(p):
+            raise TruncatedMediaError(
+                f"{shown} looks like an MP4/MOV file but is incomplete (truncated?)."
+            ) from None
         raise
     data = json.loads(out or b"{}")
     timestamps: list[int] = []

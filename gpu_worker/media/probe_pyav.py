@@ -14,7 +14,7 @@ from gpu_worker.media.info import (
     display_size,
     is_variable_rate,
 )
-from gpu_worker.media.safety import SAFE_INPUT_OPTIONS
+from gpu_worker.media.safety import SAFE_INPUT_OPTIONS, looks_like_mp4
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -54,9 +54,7 @@ def _open_error(p: Path, shown: str, exc: Exception) -> MediaError:
     if "whitelist" in msg.lower() or getattr(exc, "errno", None) == 22:
         # EINVAL on open is how libavformat reports a demuxer refused by format_whitelist.
         return UnsafeMediaError(f"{shown}: this container format is not accepted.")
-    with open(p, "rb") as fh:
-        head = fh.read(12)
-    if head[4:8] == b"ftyp":
+    if looks_like_mp4(p):
         # An MP4/MOV whose index (moov atom, usually written last) is missing: an interrupted copy.
         return TruncatedMediaError(f"{shown} looks like an MP4/MOV file but is incomplete (truncated?).")
     return NotMediaError(f"{shown} is not a recognised audio or video file.")

@@ -28,7 +28,9 @@ def classify_ffmpeg_error(stderr: str, shown: str, action: str = "decode") -> Me
     tail = stderr.strip()[-_STDERR_KEEP:]
     if "not on whitelist" in low:
         return UnsafeMediaError(f"{shown}: refers to a protocol or format that is not accepted ({tail}).")
-    if "moov atom not found" in low or "truncat" in low or "partial file" in low:
+    # "moov atom not found" is deliberately absent: the mov demuxer says it about any non-MP4 file named
+    # *.mp4 too; callers that can look at the file decide (see safety.looks_like_mp4).
+    if "truncat" in low or "partial file" in low:
         return TruncatedMediaError(f"{shown} is truncated or incomplete ({tail}).")
     if "invalid data found when processing input" in low:
         return NotMediaError(f"{shown} is not a recognised audio or video file ({tail}).")

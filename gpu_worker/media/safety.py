@@ -104,6 +104,13 @@ def _sniff(p: Path, shown: str) -> None:
         )
 
 
+def looks_like_mp4(path: Path) -> bool:
+    """True when the file starts like an ISO BMFF (MP4/MOV) file: a size then an ``ftyp`` box. Such a
+    file that fails to open has lost its index, i.e. it was cut short."""
+    with open(path, "rb") as fh:
+        return fh.read(8)[4:8] == b"ftyp"
+
+
 def check_format_name(format_name: str, shown: str) -> None:
     """Refuse a container whose detected demuxer is not on the whitelist (second line of defence)."""
     names = set(format_name.split(","))
