@@ -1,0 +1,165 @@
+"""Multi-resolution hash grid encoding (Instant-NGP), 2D or 3D, and the tri-plane the head model uses.
+
+Table layout: one ``embeddings`` parameter [rows, C] holding every level back to back
+(GridSpec.offsets); output [N, L*C], level-major. float32 everywhere; float16 tables on CUDA only
+(forward returns the table's dtype; gradients are accumulated in float32 and cast back).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import reference as ref
+from .backend import check, extension_for
+from .errors import KernelInputError
+from .geometry import GridSpec, make_grid_spec
+
+
+def _spec_args(spec: GridSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    scales = torch.tensor(spec.scales, dtype=torch.float32)
+    verts = torch.tensor(spec.verts, dtype=torch.int32)
+    offsets = torch.tensor(spec.offsets, dtype=torch.int32)
+    return scales, verts, offsets, spec.shift
+
+
+class _HashEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, embeddings, spec, ext):
+        args = _spec_args(spec)
+        out = ext.hash_encode_forward(x, embeddings, *args)
+        ctx.save_for_backward(x, embeddings)
+        ctx.spec, ctx.ext, ctx.args = spec, ext, args
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, embeddings = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        g_emb, g_x = ctx.ext.hash_encode_backward(grad_out.contiguous(), x, embeddings, *ctx.args, need_x)
+        return (g_x if need_x else None), g_emb.to(embeddings.dtype), None, None
+
+
+def hash_encode(x: torch.Tensor, embeddings: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """x [N, D] float32 in [0, 1] (clamped), embeddings [rows, C] -> features [N, L*C] (table dtype).
+
+    Differentiable w.r.t. embeddings, and w.r.t. x when x requires grad.
+    """
+    dev = embeddings.device
+    if embeddings.dtype == torch.float16 and dev.type != "cuda":
+        raise KernelInputError("float16 hash tables are supported on CUDA only; use float32 on CPU")
+    x = check(x, "x", dtype=torch.float32, shape=(None, spec.input_dim), device=dev)
+    embeddings = check(
+        embeddings,
+        "embeddings",
+        dtype=(torch.float32, torch.float16),
+        shape=(spec.offsets[-1], spec.level_dim),
+    )
+    x = x.clamp(0.0, 1.0)
+    ext = extension_for(dev)
+    if ext is None:
+        return ref.hash_encode(x, embeddings, spec)
+    return _HashEncode.apply(x, embeddings, spec, ext)
+
+
+class HashGridEncoder(nn.Module):
+    """Trainable multi-resolution hash grid: x [..., D] -> [..., num_levels * level_dim].
+
+    Inputs are expected in [0, 1], or in [-bound, bound] when ``bound`` is given (here or in forward).
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 3,
+        num_levels: int = 12,
+        level_dim: int = 2,
+        log2_hashmap_size: int = 16,
+        base_resolution: int = 64,
+        desired_resolution: int = 512,
+        align_corners: bool = False,
+        dtype: torch.dtype = torch.float32,
+        bound: float | None = None,
+        finest_resolution: int | None = None,
+    ) -> None:
+        super().__init__()
+        if finest_resolution is not None:
+            desired_resolution = finest_resolution
+        if dtype not in (torch.float32, torch.float16):
+            raise KernelInputError(f"dtype must be float32 or float16, got {dtype}")
+        self.spec = make_grid_spec(
+            input_dim,
+            num_levels,
+            level_dim,
+            log2_hashmap_size,
+            base_resolution,
+            desired_resolution,
+            align_corners,
+        )
+        self.input_dim, self.num_levels, self.level_dim = input_dim, num_levels, level_dim
+        self.output_dim = num_levels * level_dim
+        self.bound = bound
+        # Small uniform init as in Instant-NGP: features start near zero so the MLP sees a smooth field.
+        self.embeddings = nn.Parameter(torch.empty(self.spec.offsets[-1], level_dim, dtype=dtype))
+        nn.init.uniform_(self.embeddings, -1e-4, 1e-4)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (
+            f"input_dim={s.input_dim}, levels={s.num_levels}, level_dim={s.level_dim}, "
+            f"rows={s.offsets[-1]}, resolutions={s.scales[0] + 1:.0f}..{s.scales[-1] + 1:.0f}"
+        )
+
+    def forward(self, x: torch.Tensor, bound: float | None = None) -> torch.Tensor:
+        bound = self.bound if bound is None else bound
+        if x.shape[-1] != self.input_dim:
+            raise KernelInputError(f"expected inputs [..., {self.input_dim}], got {list(x.shape)}")
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.input_dim)
+        if bound is not None:
+            x = (x + bound) / (2 * bound)
+        out = hash_encode(x.float(), self.embeddings, self.spec)
+        return out.reshape(*lead, self.output_dim)
+
+
+class TriPlaneEncoder(nn.Module):
+    """Three 2D hash grids on the xy, yz and xz planes, concatenated: x [..., 3] -> [..., 3 * L * C]."""
+
+    PLANES = ((0, 1), (1, 2), (0, 2))
+
+    def __init__(
+        self,
+        num_levels: int = 12,
+        level_dim: int = 1,
+        log2_hashmap_size: int = 14,
+        base_resolution: int = 64,
+        desired_resolution: int = 512,
+        align_corners: bool = False,
+        dtype: torch.dtype = torch.float32,
+        bound: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.planes = nn.ModuleList(
+            HashGridEncoder(
+                2,
+                num_levels,
+                level_dim,
+                log2_hashmap_size,
+                base_resolution,
+                desired_resolution,
+                align_corners,
+                dtype,
+            )  # fmt: skip
+            for _ in self.PLANES
+        )
+        self.bound = bound
+        self.output_dim = 3 * num_levels * level_dim
+
+    def forward(self, x: torch.Tensor, bound: float | None = None) -> torch.Tensor:
+        bound = self.bound if bound is None else bound
+        if x.shape[-1] != 3:
+            raise KernelInputError(f"expected inputs [..., 3], got {list(x.shape)}")
+        if bound is not None:
+            x = (x + bound) / (2 * bound)
+        return torch.cat(
+            [enc(x[..., list(p)]) for enc, p in zip(self.planes, self.PLANES, strict=True)], dim=-1
+        )
