@@ -144,27 +144,45 @@ class FrameWriter:
         self.frames_written = 0
         self._tmp = self.path.with_name(f".{self.path.stem}.partial-{uuid.uuid4().hex[:8]}{self.path.suffix}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Checked now, not at close(): a bad audio file should fail before minutes of rendering.
+        self._audio = (
+            Path(probe(audio, self.settings, require_video=False, require_audio=True).path) if audio else None
+        )
         self._proc = process.Process(
-            self._command(audio, crf, pix_fmt),
+            self._command(crf, pix_fmt),
             timeout=self.settings.ffmpeg_timeout_s,
             stdin=True,
             stdout=False,
         )
         self._closed = False
 
-    def _command(self, audio: str | os.PathLike[str] | None, crf: int, pix_fmt: str) -> list[str]:
+    def _command(self, crf: int, pix_fmt: str) -> list[str]:
         import ffmpeg
 
         video = ffmpeg.input(
             "pipe:0", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps
         )
-        args = {"vcodec": "libx264", "crf": crf, "pix_fmt": pix_fmt, "movflags": "+faststart"}
-        if audio is None:
-            return process.compile_cmd(video.output(str(self._tmp), **args), uses_stdin=True)
-        ainfo = probe(audio, self.settings, require_video=False, require_audio=True)
-        sound = ffmpeg.input(ffmpeg_url(Path(ainfo.path)), **SAFE_INPUT_OPTIONS)["a:0"].filter("apad")
-        out = ffmpeg.output(video, sound, str(self._tmp), acodec="aac", shortest=None, **args)
+        out = video.output(str(self._tmp), vcodec="libx264", crf=crf, pix_fmt=pix_fmt, movflags="+faststart")
         return process.compile_cmd(out, uses_stdin=True)
+
+    def _mux_audio(self, video: Path, dst: Path) -> None:
+        """Second, cheap pass (video stream copied): add the audio padded with silence and cut at exactly
+        frames / fps. Muxing while encoding would need ``-shortest``, which overshoots by up to a second."""
+        import ffmpeg
+
+        assert self._audio is not None
+        v = ffmpeg.input(ffmpeg_url(video), **SAFE_INPUT_OPTIONS)["v:0"]
+        a = ffmpeg.input(ffmpeg_url(self._audio), **SAFE_INPUT_OPTIONS)["a:0"].filter("apad")
+        duration = self.frames_written / self.fps
+        out = ffmpeg.output(
+            v, a, str(dst), vcodec="copy", acodec="aac", t=f"{duration:.6f}", movflags="+faststart"
+        )
+        process.run(
+            process.compile_cmd(out),
+            timeout=self.settings.ffmpeg_timeout_s,
+            shown=self.path.name,
+            action="mux",
+        )
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB frame [H, W, 3] uint8 (exactly the size given at construction)."""
@@ -207,7 +225,16 @@ class FrameWriter:
             raise err
         self._closed = True
         self._proc.close()
-        os.replace(self._tmp, self.path)
+        if self._audio is None:
+            os.replace(self._tmp, self.path)
+            return
+        muxed = self._tmp.with_name(self._tmp.stem + "-av" + self._tmp.suffix)
+        try:
+            self._mux_audio(self._tmp, muxed)
+            os.replace(muxed, self.path)
+        finally:
+            muxed.unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Stop ffmpeg and delete the partial file; ``path`` is left untouched."""

@@ -99,3 +99,9 @@ def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "ffprobe" and ffprobe_exe() is None:
         pytest.skip("no ffprobe on PATH: the PyAV backend is used")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def long_clip(media_dir: Path) -> Path:
+    """5 s of 320x240 at 25 fps: one frame (230 kB) is bigger than a pipe buffer."""
+    return _make(media_dir / "long.mp4", *testsrc("320x240", 25, 5), *H264, "-preset", "ultrafast")
