@@ -53,7 +53,10 @@ def _open_error(p: Path, shown: str, exc: Exception) -> MediaError:
     msg = str(exc)
     if "whitelist" in msg.lower() or getattr(exc, "errno", None) == 22:
         # EINVAL on open is how libavformat reports a demuxer refused by format_whitelist.
-        return UnsafeMediaError(f"{shown}: this container format is not accepted.")
+        return UnsafeMediaError(
+            f"{shown}: its format is not an accepted audio/video container (images, playlists and stream "
+            "descriptions are refused; see docs/MEDIA.md)."
+        )
     if looks_like_mp4(p):
         # An MP4/MOV whose index (moov atom, usually written last) is missing: an interrupted copy.
         return TruncatedMediaError(f"{shown} looks like an MP4/MOV file but is incomplete (truncated?).")
