@@ -1,0 +1,107 @@
+"""The head field: tri-plane hash grids, region attention on audio and expression, density/colour/uncertainty.
+
+Points are normalized to [0, 1] inside the head's box; three 2D hash grids (xy, yz, xz) give
+``enc_x``. Audio acts on each point through ``a(x)`` and expression through ``e(x)`` (METHOD.md 2):
+the masked-attention losses keep each to its own face region.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gpu_worker.model.audio_net import mlp
+from gpu_worker.model.config import FieldConfig
+from gpu_worker.model.kernels import hash_grid
+
+
+def sh_encode(d: torch.Tensor, degree: int) -> torch.Tensor:
+    """Real spherical harmonics of unit directions [M, 3] up to ``degree`` (1..4) -> [M, degree^2]."""
+    x, y, z = d.unbind(-1)
+    out = [torch.full_like(x, 0.28209479177387814)]
+    if degree > 1:
+        out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
+    if degree > 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out += [
+            1.0925484305920792 * x * y,
+            -1.0925484305920792 * y * z,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * x * z,
+            0.54627421529603959 * (xx - yy),
+        ]
+    if degree > 3:
+        out += [
+            0.59004358992664352 * y * (-3.0 * xx + yy),
+            2.8906114426405538 * x * y * z,
+            0.45704579946446572 * y * (1.0 - 5.0 * zz),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (1.0 - 5.0 * zz),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (-xx + 3.0 * yy),
+        ]
+    return torch.stack(out, -1)
+
+
+class TriPlaneField(nn.Module):
+    def __init__(self, config: FieldConfig, aabb: torch.Tensor, n_frames: int) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.register_buffer("aabb", aabb.clone().float())
+        self.planes = nn.ModuleList(
+            hash_grid(
+                2, c.num_levels, c.level_dim, c.log2_hashmap_size, c.base_resolution, c.desired_resolution
+            )
+            for _ in range(3)
+        )
+        enc_dim = 3 * c.num_levels * c.level_dim
+        self.audio_attn = mlp(enc_dim, [c.attn_hidden_dim], c.audio_dim)
+        self.exp_attn = mlp(enc_dim, [c.attn_hidden_dim], c.exp_dim)
+        self.sigma_net = mlp(
+            enc_dim + c.audio_dim + c.exp_dim, [c.hidden_dim, c.hidden_dim], 1 + c.geo_feat_dim
+        )
+        self.color_net = mlp(c.sh_degree**2 + c.geo_feat_dim + c.latent_dim, [c.color_hidden_dim], 3)
+        self.unc_net = mlp(enc_dim, [c.attn_hidden_dim], 1)
+        self.latents = nn.Embedding(n_frames, c.latent_dim)
+        nn.init.zeros_(self.latents.weight)
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return list(self.planes.parameters())
+
+    def encode(self, xyz: torch.Tensor) -> torch.Tensor:
+        """World points [M, 3] -> enc_x [M, 3 * L * F]."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        u = ((xyz - lo) / (hi - lo)).clamp(0, 1)
+        return torch.cat(
+            [self.planes[0](u[:, [0, 1]]), self.planes[1](u[:, [1, 2]]), self.planes[2](u[:, [0, 2]])], -1
+        ).float()
+
+    def density(self, xyz: torch.Tensor, enc_a: torch.Tensor, exp: torch.Tensor) -> dict[str, torch.Tensor]:
+        """xyz [M, 3]; enc_a [A] and exp [7] for the frame (broadcast) or per point [M, A] / [M, 7]."""
+        enc_x = self.encode(xyz)  # [M, E]
+        m = xyz.shape[0]
+        a_attn = torch.sigmoid(self.audio_attn(enc_x))  # [M, A]
+        e_attn = torch.sigmoid(self.exp_attn(enc_x))  # [M, 7]
+        enc_a = enc_a.expand(m, -1) if enc_a.dim() == 1 else enc_a
+        exp = exp.expand(m, -1) if exp.dim() == 1 else exp
+        h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, exp * e_attn], -1))
+        sigma = torch.exp(h[:, 0].clamp(max=15.0))  # [M]
+        return {"sigma": sigma, "geo": h[:, 1:], "enc_x": enc_x, "a_attn": a_attn, "e_attn": e_attn}
+
+    def forward(
+        self,
+        xyz: torch.Tensor,
+        dirs: torch.Tensor,
+        enc_a: torch.Tensor,
+        exp: torch.Tensor,
+        latent: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        out = self.density(xyz, enc_a, exp)
+        m = xyz.shape[0]
+        sh = sh_encode(dirs, self.config.sh_degree)  # [M, deg^2]
+        lat = latent.expand(m, -1)
+        out["rgb"] = torch.sigmoid(self.color_net(torch.cat([sh, out["geo"], lat], -1)))  # [M, 3]
+        # uncertainty sees the geometry only (detached) so it cannot reshape the scene to lower its loss
+        out["unc"] = nn.functional.softplus(self.unc_net(out["enc_x"].detach()))[:, 0]  # [M]
+        return out

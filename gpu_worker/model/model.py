@@ -1,0 +1,136 @@
+"""The SyncTalk model: owns the head field, audio net, occupancy grid and torso, and composites them.
+
+Rendering a pixel: head (volume rendered, premultiplied) over the torso (2D RGBA) over the plate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gpu_worker.model.audio_net import AudioNet
+from gpu_worker.model.config import RunConfig
+from gpu_worker.model.field import TriPlaneField
+from gpu_worker.model.renderer import OccupancyGrid, render_head_rays
+from gpu_worker.model.torso import TorsoNet
+
+
+@dataclass
+class ModelSpec:
+    """What the model is built for (from the dataset); saved with every checkpoint."""
+
+    n_frames: int
+    feature_shape: tuple[int, ...]
+    audio_encoder: str
+    aabb: tuple[float, ...]
+    resolution: int
+    intrinsics: tuple[float, ...]  # fl_x, fl_y, cx, cy at ``resolution``
+
+    def to_dict(self) -> dict:
+        return {
+            "n_frames": self.n_frames,
+            "feature_shape": list(self.feature_shape),
+            "audio_encoder": self.audio_encoder,
+            "aabb": list(self.aabb),
+            "resolution": self.resolution,
+            "intrinsics": list(self.intrinsics),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        return cls(
+            n_frames=int(d["n_frames"]),
+            feature_shape=tuple(int(v) for v in d["feature_shape"]),
+            audio_encoder=str(d["audio_encoder"]),
+            aabb=tuple(float(v) for v in d["aabb"]),
+            resolution=int(d["resolution"]),
+            intrinsics=tuple(float(v) for v in d["intrinsics"]),
+        )
+
+
+class SyncTalkModel(nn.Module):
+    def __init__(self, config: RunConfig, spec: ModelSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        aabb = torch.tensor(spec.aabb, dtype=torch.float32)
+        self.field = TriPlaneField(config.field, aabb, spec.n_frames)
+        self.audio_net = AudioNet(spec.feature_shape, config.field.audio_dim, config.audio)
+        self.grid = OccupancyGrid(config.renderer, aabb)
+        self.torso = TorsoNet(config.torso, spec.n_frames)
+
+    # ---- parameter groups (grids get a higher learning rate than MLPs) --------------------------
+    def head_param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        grids = self.field.grid_parameters()
+        ids = {id(p) for p in grids}
+        mlps = [p for p in [*self.field.parameters(), *self.audio_net.parameters()] if id(p) not in ids]
+        return grids, mlps
+
+    def torso_param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        grids = self.torso.grid_parameters()
+        ids = {id(p) for p in grids}
+        return grids, [p for p in self.torso.parameters() if id(p) not in ids]
+
+    # ---- conditions -----------------------------------------------------------------------------
+    def audio_code(self, window_feats: torch.Tensor) -> torch.Tensor:
+        """[B, W, *feature_shape] -> [B, A]."""
+        return self.audio_net(window_feats)
+
+    def head_latent(self, index: int | None) -> torch.Tensor:
+        """The frame's latent code [L]; None (new frames) -> the mean over training frames."""
+        w = self.field.latents.weight
+        return w.mean(0) if index is None else w[index]
+
+    def torso_latent(self, index: int | None) -> torch.Tensor:
+        w = self.torso.latents.weight
+        return (w.mean(0) if index is None else w[index])[None]
+
+    # ---- rendering --------------------------------------------------------------------------------
+    def render_head(
+        self,
+        rays_o: torch.Tensor,
+        rays_d: torch.Tensor,
+        enc_a: torch.Tensor,
+        exp: torch.Tensor,
+        latent: torch.Tensor,
+        *,
+        perturb: bool = False,
+        generator: torch.Generator | None = None,
+        max_samples: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        def field_fn(xyz: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self.field(xyz, dirs, enc_a, exp, latent)
+
+        return render_head_rays(
+            field_fn,
+            self.grid,
+            rays_o,
+            rays_d,
+            perturb=perturb,
+            generator=generator,
+            max_samples=max_samples or self.config.renderer.max_samples_per_ray,
+        )
+
+    def render_torso(self, px: torch.Tensor, pose: torch.Tensor, index: int | None) -> torch.Tensor:
+        """Pixels [K, 2] (x, y) -> RGBA [K, 4]."""
+        uv = (px + 0.5) / self.spec.resolution
+        return self.torso(uv, pose, self.torso_latent(index))
+
+    @torch.no_grad()
+    def update_grid(
+        self, conditions: list[tuple[torch.Tensor, torch.Tensor]], generator: torch.Generator
+    ) -> None:
+        """Refresh the occupancy grid for some frames' (enc_a [A], exp [7]): the max density is kept."""
+
+        def density_fn(xyz: torch.Tensor) -> torch.Tensor:
+            sig = [self.field.density(xyz, a, e)["sigma"] for a, e in conditions]
+            return torch.stack(sig).amax(0)
+
+        self.grid.update(density_fn, generator)
+
+
+def composite(head: dict[str, torch.Tensor], bg: torch.Tensor) -> torch.Tensor:
+    """Premultiplied head [K, 3] with alpha [K] over background [K, 3]."""
+    return head["image"] + (1 - head["alpha"])[:, None] * bg

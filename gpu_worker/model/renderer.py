@@ -1,0 +1,129 @@
+"""Volume rendering of the head: occupancy grid and ray marching through cuda_ext.
+
+The grid holds, per cell, the largest density seen lately (decayed at each update) for a few
+training frames' audio and expression, since the mouth's volume moves with them. Marching skips
+cells under the threshold, so only ~16 samples per ray are evaluated in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from gpu_worker.model import kernels
+from gpu_worker.model.config import RendererConfig
+
+
+class OccupancyGrid(nn.Module):
+    def __init__(self, config: RendererConfig, aabb: torch.Tensor) -> None:
+        super().__init__()
+        self.config = config
+        g = config.grid_size
+        self.register_buffer("aabb", aabb.clone().float())
+        self.register_buffer(
+            "density", torch.full((1, g**3), -1.0)
+        )  # -1: never updated (treated as occupied)
+        self.register_buffer("bitfield", torch.full((g**3 // 8,), 255, dtype=torch.uint8))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def cell_centres(self, cells: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """World points [C, 3] of some cells [C] (Morton indices), jittered inside each cell."""
+        pos = kernels.grid_cell_positions(
+            self.aabb, self.config.grid_size, jitter=True, generator=generator, device="cpu"
+        )  # [G^3, 3]
+        return pos[cells.cpu()].to(self.density.device)
+
+    @torch.no_grad()
+    def update(
+        self,
+        density_fn: Callable[[torch.Tensor], torch.Tensor],
+        generator: torch.Generator,
+        chunk: int = 65536,
+    ) -> None:
+        """Refresh the densities (all cells during warm-up, a quarter afterwards) and repack the bitfield."""
+        n = self.density.shape[1]
+        if int(self.updates) < self.config.grid_warmup_steps // max(self.config.update_every, 1):
+            cells = torch.arange(n)
+        else:
+            cells = torch.randperm(n, generator=generator)[: n // 4]
+        pos = self.cell_centres(cells, generator)  # [C, 3]
+        cells = cells.to(self.density.device)
+        new = torch.empty(cells.shape[0], device=self.density.device)
+        for s in range(0, cells.shape[0], chunk):
+            new[s : s + chunk] = density_fn(pos[s : s + chunk])
+        # a cell's density per unit length becomes a per-cell opacity scale through the step size
+        old = self.density[0]
+        decayed = torch.where(old < 0, old, old * self.config.grid_decay)
+        decayed[cells] = torch.maximum(decayed[cells], new)
+        self.density[0] = decayed
+        self.updates += 1
+        valid = decayed[decayed >= 0]
+        mean = float(valid.mean()) if valid.numel() else 0.0
+        grid = torch.where(decayed < 0, torch.full_like(decayed, float("inf")), decayed)
+        self.bitfield.copy_(kernels.packbits(grid[None], min(mean, self.config.density_thresh)))
+
+    def occupancy(self) -> float:
+        bits = torch.unpackbits if hasattr(torch, "unpackbits") else None
+        if bits is not None:
+            return float(bits(self.bitfield).float().mean())
+        b = self.bitfield.long()
+        return float(sum(((b >> k) & 1).sum() for k in range(8))) / (b.numel() * 8)
+
+
+def render_head_rays(
+    field_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    grid: OccupancyGrid,
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    *,
+    perturb: bool,
+    generator: torch.Generator | None,
+    max_samples: int,
+) -> dict[str, torch.Tensor]:
+    """March and composite K rays [K, 3] through the field. Returns image (premultiplied) [K, 3],
+    alpha [K], depth [K], unc [K] (composited uncertainty), attn_a / attn_e [K] (mean attention)."""
+    cfg = grid.config
+    nears, fars = kernels.near_far_from_aabb(rays_o, rays_d, grid.aabb, cfg.min_near)
+    xyzs, dirs, ts, rays = kernels.march_rays_train(
+        rays_o,
+        rays_d,
+        grid.aabb,
+        grid.bitfield,
+        nears,
+        fars,
+        grid_size=cfg.grid_size,
+        cascades=1,
+        dt_gamma=cfg.dt_gamma,
+        max_steps=cfg.max_steps,
+        max_samples_per_ray=max_samples,
+        perturb=perturb,
+        generator=generator,
+    )
+    k = rays_o.shape[0]
+    if xyzs.shape[0] == 0:
+        z = rays_o.new_zeros(k)
+        return {
+            "image": rays_o.new_zeros(k, 3),
+            "alpha": z,
+            "depth": z,
+            "unc": z,
+            "attn_a": z,
+            "attn_e": z,
+            "samples": 0,
+        }
+    out = field_fn(xyzs, dirs)
+    extras = torch.stack([out["unc"], out["a_attn"].mean(-1), out["e_attn"].mean(-1)], -1)  # [M, 3]
+    _, alpha, depth, image, extras_sum = kernels.composite_rays_train(
+        out["sigma"].float(), out["rgb"].float(), ts, rays, extras.float(), T_thresh=cfg.T_thresh
+    )
+    return {
+        "image": image,
+        "alpha": alpha,
+        "depth": depth,
+        "unc": extras_sum[:, 0],
+        "attn_a": extras_sum[:, 1],
+        "attn_e": extras_sum[:, 2],
+        "samples": int(xyzs.shape[0]),
+    }

@@ -1,0 +1,53 @@
+"""The torso: a 2D model in image space, conditioned on the head pose (METHOD.md 2).
+
+A small MLP deforms pixel coordinates according to the pose (the shoulders follow the head a
+little); a tiled 2D hash grid at the deformed coordinates feeds an MLP that gives RGBA. It is
+trained after the head, with the head frozen, against the frame minus the head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gpu_worker.model.audio_net import mlp
+from gpu_worker.model.config import TorsoConfig
+from gpu_worker.model.kernels import hash_grid
+
+
+def _freq(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Fourier features of [K, D] -> [K, D * (1 + 2n)]."""
+    out = [x]
+    for k in range(n):
+        out += [torch.sin((2**k) * torch.pi * x), torch.cos((2**k) * torch.pi * x)]
+    return torch.cat(out, -1)
+
+
+class TorsoNet(nn.Module):
+    def __init__(self, config: TorsoConfig, n_frames: int) -> None:
+        super().__init__()
+        c = config
+        self.pose_net = mlp(12, [c.hidden_dim], c.pose_dim)
+        self.deform_net = mlp(2 * 9 + c.pose_dim, [c.hidden_dim, c.hidden_dim], 2)
+        self.grid = hash_grid(
+            2, c.num_levels, c.level_dim, c.log2_hashmap_size, c.base_resolution, c.desired_resolution
+        )
+        self.color_net = mlp(c.num_levels * c.level_dim + c.pose_dim, [c.hidden_dim, c.hidden_dim], 4)
+        self.latents = nn.Embedding(n_frames, c.pose_dim)
+        nn.init.zeros_(self.latents.weight)
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return list(self.grid.parameters())
+
+    def forward(
+        self, uv: torch.Tensor, pose: torch.Tensor, latent: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uv [K, 2] in 0..1 (x, y of the image), pose [4, 4] -> RGBA [K, 4] (straight alpha)."""
+        k = uv.shape[0]
+        code = self.pose_net(pose[:3, :4].reshape(1, 12))  # [1, P]
+        if latent is not None:
+            code = code + latent
+        code = code.expand(k, -1)
+        shift = torch.tanh(self.deform_net(torch.cat([_freq(uv, 4), code], -1))) * 0.1  # [K, 2]
+        feats = self.grid((uv + shift).clamp(0, 1)).float()
+        return torch.sigmoid(self.color_net(torch.cat([feats, code], -1)))  # [K, 4]

@@ -1,0 +1,387 @@
+"""Training: the head, lips and torso stages of METHOD.md 3, with EMA, AMP, checkpoints and exact resume.
+
+``train_model`` is the stage function (a Celery task or the CLI calls it). Every random draw comes
+from the trainer's generators, whose states are checkpointed with the optimizer, scheduler, grid and
+EMA, so a run stopped at any checkpoint and resumed takes exactly the same next step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpu_worker.model import kernels
+from gpu_worker.model.audio_net import window_indices
+from gpu_worker.model.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_atomic
+from gpu_worker.model.config import RunConfig
+from gpu_worker.model.datamanager import DataManager, RayBatch
+from gpu_worker.model.dataparser import parse_dataset
+from gpu_worker.model.losses import alpha_entropy, masked_attention, photometric, structural_patch_loss
+from gpu_worker.model.model import ModelSpec, SyncTalkModel, composite
+from shared.errors import SyncTalkError
+
+ProgressFn = Callable[[str, float, str], None]
+CHECKPOINT = "checkpoints/last.pt"
+FINAL = "model.pt"
+
+
+class TrainingError(SyncTalkError):
+    code = "training_failed"
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    global_step: int
+    stages_done: list[str]
+    history: list[dict] = field(default_factory=list)  # {"stage", "step", "loss", "psnr"} per step
+    seconds: float = 0.0
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def spec_from_info(info) -> ModelSpec:
+    return ModelSpec(
+        n_frames=info.frame_count,
+        feature_shape=info.feature_shape,
+        audio_encoder=info.audio_encoder,
+        aabb=tuple(float(v) for v in info.aabb),
+        resolution=info.resolution,
+        intrinsics=tuple(float(v) for v in info.intrinsics),
+    )
+
+
+class Trainer:
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        out_dir: str | Path,
+        config: RunConfig,
+        *,
+        device: str | torch.device | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.dataset_dir = Path(dataset_dir)
+        self.device = pick_device(device)
+        self.progress = progress
+        self.info = parse_dataset(dataset_dir, config.data.resolution)
+        self.spec = spec_from_info(self.info)
+        self.model = SyncTalkModel(config, self.spec).to(self.device)
+        self.dm = DataManager(self.info, config.data, self.device)
+        self.feats = torch.from_numpy(self.info.audio_features).to(self.device)  # [N, *shape]
+        self.expr = torch.from_numpy(self.info.expression).to(self.device)  # [N, 7]
+        self.gen = torch.Generator().manual_seed(config.trainer.seed)  # data, grid cells
+        self.march_gen = torch.Generator(device=self.device).manual_seed(config.trainer.seed + 1)
+        self.use_amp = config.trainer.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.stage_pos = 0  # index into config.stages
+        self.stage_step = 0
+        self.global_step = 0
+        self.stages_done: list[str] = []
+        self.history: list[dict] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    # ---- optimiser per stage ------------------------------------------------------------------
+    def _build_optimizer(self, stage: str) -> None:
+        t = self.config.trainer
+        if stage == "torso":
+            grids, mlps = self.model.torso_param_groups()
+        else:
+            grids, mlps = self.model.head_param_groups()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in [*grids, *mlps]:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": grids, "lr": t.lr_grid, "weight_decay": 0.0},
+                {"params": mlps, "lr": t.lr_mlp, "weight_decay": t.weight_decay},
+            ],
+            betas=(0.9, 0.99),
+            eps=1e-15,
+        )
+        total = max(self.config.steps_of(stage), 1)
+        final = t.lr_final_factor
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: final ** min(s / total, 1.0)
+        )
+
+    # ---- state ----------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "architecture": self.config.architecture(),
+            "spec": self.spec.to_dict(),
+            "config": self.config.to_dict(),
+            "stage": self.config.stages[self.stage_pos] if self.stage_pos < len(self.config.stages) else None,
+            "stage_step": self.stage_step,
+            "global_step": self.global_step,
+            "stages_done": list(self.stages_done),
+            "model": self.model.state_dict(),
+            "ema": self.ema,
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "gen": self.gen.get_state(),
+                "march": self.march_gen.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> Path:
+        path = self.out_dir / CHECKPOINT
+        save_atomic(self._state(), path)
+        return path
+
+    def load_checkpoint(self, path: Path | None = None) -> None:
+        path = path or self.out_dir / CHECKPOINT
+        payload = load_checkpoint(path, self.device)
+        check_compatible(payload, self.config.architecture(), self.spec.to_dict(), path)
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.ema = {k: v.to(self.device) for k, v in payload["ema"].items()}
+            self.stages_done = list(payload["stages_done"])
+            self.global_step = int(payload["global_step"])
+            self.history = list(payload.get("history", []))
+            stage = payload["stage"]
+            self.gen.set_state(payload["rng"]["gen"])
+            self.march_gen.set_state(payload["rng"]["march"])
+            torch.set_rng_state(payload["rng"]["torch"])
+            self.scaler.load_state_dict(payload["scaler"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent: {exc}") from exc
+        todo = [s for s in self.config.stages if s not in self.stages_done]
+        self.stage_pos = self.config.stages.index(todo[0]) if todo else len(self.config.stages)
+        self.stage_step = 0
+        if todo and stage == todo[0] and payload["optimizer"] is not None:
+            self._build_optimizer(stage)
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            self.stage_step = int(payload["stage_step"])
+
+    def save_final(self) -> Path:
+        """model.pt: EMA weights and what is needed to render (no optimizer state)."""
+        state = self.model.state_dict()
+        state.update({k: v for k, v in self.ema.items()})
+        path = self.out_dir / FINAL
+        save_atomic(
+            {
+                "architecture": self.config.architecture(),
+                "spec": self.spec.to_dict(),
+                "config": self.config.to_dict(),
+                "model": state,
+                "global_step": self.global_step,
+                "stages_done": list(self.stages_done),
+                "dataset": str(self.dataset_dir.resolve()),
+            },
+            path,
+        )
+        return path
+
+    def _write_config(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "config": self.config.to_dict(),
+            "dataset": str(self.dataset_dir.resolve()),
+            "spec": self.spec.to_dict(),
+            "device": str(self.device),
+            "kernels": kernels.backend_name(self.device),
+            "torch": torch.__version__,
+        }
+        tmp = self.out_dir / ".config.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(self.out_dir / "config.json")
+
+    # ---- steps ------------------------------------------------------------------------------------
+    def _conditions(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = window_indices(
+            torch.tensor([index], device=self.device), self.config.audio.window, self.spec.n_frames
+        )
+        enc_a = self.model.audio_code(self.feats[idx])[0]  # [A]
+        return enc_a, self.expr[index]
+
+    def _update_grid(self) -> None:
+        ids = self.info.train_ids
+        picks = torch.randint(len(ids), (self.config.renderer.grid_audio_samples,), generator=self.gen)
+        with torch.no_grad():
+            conds = [self._conditions(int(ids[int(p)])) for p in picks]
+        self.model.update_grid(conds, self.gen)
+
+    def _head_step(self, stage: str, batch: RayBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        lc = self.config.loss
+        enc_a, exp = self._conditions(batch.index)
+        head = self.model.render_head(
+            batch.rays_o,
+            batch.rays_d,
+            enc_a,
+            exp,
+            self.model.head_latent(batch.index),
+            perturb=True,
+            generator=self.march_gen,
+        )
+        pred = composite(head, batch.bg)
+        losses = photometric(pred, batch.rgb, head["unc"], lc)
+        losses["entropy"] = lc.alpha_entropy * alpha_entropy(head["alpha"])
+        losses["attention"] = lc.attention * masked_attention(
+            head["attn_a"], head["attn_e"], batch.lower_face
+        )
+        if stage == "lips" and batch.patches:
+            losses["patch"] = lc.patch_structure * structural_patch_loss(pred, batch.rgb, batch.patches)
+        return sum(losses.values()), pred
+
+    def _torso_step(self, batch: RayBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            enc_a, exp = self._conditions(batch.index)
+            head = self.model.render_head(
+                batch.rays_o, batch.rays_d, enc_a, exp, self.model.head_latent(batch.index), perturb=False
+            )
+        rgba = self.model.render_torso(batch.px, self.dm.poses[batch.index].to(self.device), batch.index)
+        bg = rgba[:, :3] * rgba[:, 3:] + batch.plate * (1 - rgba[:, 3:])
+        pred = composite(head, bg)
+        loss = (pred - batch.rgb).abs().mean()
+        loss = loss + self.config.loss.torso_alpha * (rgba[:, 3] - batch.torso[:, 3]).abs().mean()
+        return loss, pred
+
+    def step(self, stage: str) -> dict:
+        t = self.config.trainer
+        self.model.train()
+        if stage != "torso" and self.stage_step % max(self.config.renderer.update_every, 1) == 0:
+            self._update_grid()
+        batch = self.dm.sample(stage, self.gen)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            loss, pred = self._torso_step(batch) if stage == "torso" else self._head_step(stage, batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {float(loss)} at {stage} step {self.stage_step}; lower the learning rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        with torch.no_grad():
+            d = t.ema_decay
+            for k, p in self.model.named_parameters():
+                if p.requires_grad:
+                    self.ema[k].mul_(d).add_(p.detach(), alpha=1 - d)
+            mse = ((pred.detach().float() - batch.rgb) ** 2).mean()
+        self.stage_step += 1
+        self.global_step += 1
+        rec = {
+            "stage": stage,
+            "step": self.global_step,
+            "loss": float(loss.detach()),
+            "l1": float((pred.detach().float() - batch.rgb).abs().mean()),
+            "psnr": float(-10 * torch.log10(mse.clamp_min(1e-10))),
+        }
+        self.history.append(rec)
+        return rec
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def _enter_stage(self, stage: str) -> None:
+        if stage == "torso":
+            # the head is frozen from here on: render it with its EMA weights, as evaluation does
+            with torch.no_grad():
+                for k, p in self.model.named_parameters():
+                    if not k.startswith("torso."):
+                        p.copy_(self.ema[k])
+        self._build_optimizer(stage)
+        self.stage_step = 0
+
+    def run(self, *, stop_after: int | None = None) -> TrainResult:
+        """Train the remaining stages. ``stop_after``: stop (after a checkpoint) at that global step."""
+        self._write_config()
+        total = sum(self.config.steps_of(s) for s in self.config.stages)
+        start_time = time.monotonic()
+        start_step = self.global_step
+        while self.stage_pos < len(self.config.stages):
+            stage = self.config.stages[self.stage_pos]
+            n = self.config.steps_of(stage)
+            if self.optimizer is None or self.stage_step == 0:
+                self._enter_stage(stage)
+            while self.stage_step < n:
+                rec = self.step(stage)
+                last = self.stage_step == n
+                if last:
+                    self.stages_done.append(stage)
+                    self.stage_pos += 1
+                    self.optimizer = None
+                if self.global_step % self.config.trainer.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+                if last:
+                    self.save_final()
+                self._report(stage, rec, total, start_time, start_step)
+                if stop_after is not None and self.global_step >= stop_after:
+                    if not last:
+                        self.save_checkpoint()
+                    return self._result(start_time)
+        return self._result(start_time)
+
+    def _report(self, stage: str, rec: dict, total: int, start_time: float, start_step: int) -> None:
+        if self.progress is None:
+            return
+        every = self.config.trainer.log_every
+        if rec["step"] % every and rec["step"] != total:
+            return
+        done = self.global_step - start_step
+        rate = (time.monotonic() - start_time) / max(done, 1)
+        eta = rate * max(total - self.global_step, 0)
+        self.progress(
+            f"train:{stage}",
+            min(self.global_step / max(total, 1), 1.0),
+            f"step {self.global_step}/{total} loss {rec['loss']:.4f} psnr {rec['psnr']:.2f} eta {_fmt(eta)}",
+        )
+
+    def _result(self, start_time: float) -> TrainResult:
+        return TrainResult(
+            model_dir=self.out_dir,
+            global_step=self.global_step,
+            stages_done=list(self.stages_done),
+            history=list(self.history),
+            seconds=time.monotonic() - start_time,
+        )
+
+
+def _fmt(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s"
+
+
+def train_model(
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume training) a model on a dataset into ``out_dir`` (config.json, checkpoints, model.pt)."""
+    out = Path(out_dir)
+    trainer = Trainer(dataset_dir, out, config, device=device, progress=progress)
+    ckpt = out / CHECKPOINT
+    if resume and ckpt.exists():
+        trainer.load_checkpoint(ckpt)
+    elif ckpt.exists() and not resume:
+        raise TrainingError(
+            f"{out} already holds a training run; pass --resume to continue it or pick a new folder"
+        )
+    return trainer.run(stop_after=stop_after)
