@@ -1,0 +1,206 @@
+"""Audio features: the Wav2Lip-style log-mel of METHOD.md 1.8 and per-video-frame encoder features.
+
+Shared with the model side (rendering new audio calls the same functions), so every path that turns
+audio into features goes through here and trains and renders on identical numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from gpu_worker.preprocess.errors import AudioEncoderError
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+N_FFT = 800
+HOP = 200  # 16000 / 200 = 80 mel frames per second
+WIN = 800
+N_MELS = 80
+F_MIN = 55.0
+F_MAX = 7600.0
+PREEMPHASIS = 0.97
+REF_LEVEL_DB = 20.0
+MIN_LEVEL_DB = -100.0
+MAX_ABS = 4.0
+MEL_FPS = SAMPLE_RATE // HOP  # 80
+WINDOW_FRAMES = 16  # mel frames per video frame window (200 ms)
+
+ENCODERS = ("mel", "ave", "hubert")
+FEATURE_SHAPES: dict[str, tuple[int, ...]] = {
+    "mel": (N_MELS, WINDOW_FRAMES),
+    "ave": (512,),
+    "hubert": (2, 1024),
+}
+HUBERT_DIR_NAME = "hubert-large-ls960-ft"  # folder under settings.model_dir with a transformers checkpoint
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    # Slaney scale: linear below 1 kHz, logarithmic above (the scale Wav2Lip-era librosa used by default).
+    f = np.asarray(f, dtype=np.float64)
+    mel = f / (200.0 / 3)
+    log_part = f >= 1000.0
+    return np.where(log_part, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0), mel)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
+
+
+@lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    """Slaney-normalised triangular filterbank, [80, n_fft // 2 + 1]."""
+    fft_freqs = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(F_MIN), _hz_to_mel(F_MAX), N_MELS + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]  # [82, 401]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+def _stft_magnitude(y: np.ndarray, block: int = 4096) -> np.ndarray:
+    """|STFT| with a centred Hann window, computed in blocks of frames so memory stays bounded. [T, 401]"""
+    pad = N_FFT // 2
+    mode = "reflect" if len(y) > pad else "constant"
+    y = np.pad(y, pad, mode=mode)
+    n_frames = 1 + (len(y) - N_FFT) // HOP
+    window = np.hanning(WIN + 1)[:-1].astype(np.float32)  # periodic Hann, like scipy.signal.get_window
+    out = np.empty((n_frames, N_FFT // 2 + 1), dtype=np.float32)
+    frames_view = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP]  # [T, 800] view, no copy
+    for start in range(0, n_frames, block):
+        chunk = frames_view[start : start + block] * window  # [b, 800]
+        out[start : start + block] = np.abs(np.fft.rfft(chunk, axis=1))
+    return out
+
+
+def log_mel(samples_16k: np.ndarray) -> np.ndarray:
+    """Log-mel spectrogram of 16 kHz mono samples, 80 frames per second, values in [-4, 4]. [T, 80]"""
+    y = np.asarray(samples_16k, dtype=np.float32).reshape(-1)
+    if y.size == 0:
+        return np.zeros((0, N_MELS), dtype=np.float32)
+    # Pre-emphasis (first-order high-pass) as in Wav2Lip's hparams.
+    y = np.concatenate([y[:1], y[1:] - PREEMPHASIS * y[:-1]])
+    mag = _stft_magnitude(y)  # [T, 401]
+    mel = mag @ mel_basis().T  # [T, 80]
+    db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
+    norm = (2 * MAX_ABS) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS
+    return np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+def mel_windows(mel: np.ndarray, n_frames: int, fps: int = 25) -> np.ndarray:
+    """Per-video-frame mel windows: frame i takes mel frames [floor(80 i / fps), +16), edge-padded. [N, 80, 16]"""
+    mel = np.asarray(mel, dtype=np.float32)
+    if mel.ndim != 2 or mel.shape[1] != N_MELS:
+        raise ValueError(f"mel must be [T, {N_MELS}], got {mel.shape}")
+    if n_frames <= 0:
+        return np.zeros((0, N_MELS, WINDOW_FRAMES), dtype=np.float32)
+    if len(mel) == 0:
+        mel = np.full((1, N_MELS), -MAX_ABS, dtype=np.float32)  # silence
+    starts = (np.arange(n_frames) * MEL_FPS) // fps  # [N]
+    idx = starts[:, None] + np.arange(WINDOW_FRAMES)[None, :]  # [N, 16]
+    idx = np.minimum(idx, len(mel) - 1)  # edge padding past the end
+    return np.ascontiguousarray(mel[idx].transpose(0, 2, 1))  # [N, 80, 16]
+
+
+def frames_for_audio(n_samples: int, fps: int = 25) -> int:
+    """Video frames covered by an audio track of n_samples at 16 kHz (one frame per 40 ms, rounded)."""
+    return int(round(n_samples * fps / SAMPLE_RATE))
+
+
+def _load_16k(audio_path: Path) -> np.ndarray:
+    from gpu_worker.media.frames import load_audio
+
+    return np.asarray(load_audio(Path(audio_path), rate=SAMPLE_RATE), dtype=np.float32).reshape(-1)
+
+
+def _ave_features(windows: np.ndarray, checkpoint: Path) -> np.ndarray:
+    """Run the AVE audio tower (owned by the model side) over mel windows. [N, 512]"""
+    import torch
+
+    from gpu_worker.ave import load_audio_encoder  # type: ignore[import-not-found]
+
+    encoder = load_audio_encoder(Path(checkpoint)).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(windows), 256):
+            batch = torch.from_numpy(windows[start : start + 256]).unsqueeze(1)  # [B, 1, 80, 16]
+            out.append(encoder(batch).float().cpu().numpy())
+    feats = np.concatenate(out) if out else np.zeros((0, 512), dtype=np.float32)
+    if feats.shape[1:] != (512,):
+        raise AudioEncoderError(
+            f"AVE checkpoint {checkpoint} gives features of shape {feats.shape[1:]}, not (512,)"
+        )
+    return feats.astype(np.float32)
+
+
+def _hubert_features(samples: np.ndarray, n_frames: int, settings: Settings) -> np.ndarray:
+    """HuBERT-large hidden states at 50 Hz, two per video frame. [N, 2, 1024]"""
+    weights = Path(settings.model_dir) / HUBERT_DIR_NAME
+    if not (weights / "config.json").is_file():
+        raise AudioEncoderError(
+            f"the hubert encoder needs a transformers checkpoint in {weights} (config.json and weights); "
+            "put it there or use --audio-encoder mel"
+        )
+    try:
+        import torch
+        from transformers import HubertModel  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise AudioEncoderError(
+            "the hubert encoder needs the 'transformers' package, which is not installed; use --audio-encoder mel"
+        ) from exc
+    model = HubertModel.from_pretrained(str(weights)).eval()
+    x = torch.from_numpy((samples - samples.mean()) / (samples.std() + 1e-7)).float()[None]
+    with torch.no_grad():
+        # 20 s chunks keep memory bounded; the conv front end's 400-sample receptive field is negligible at joins.
+        chunks = [model(x[:, s : s + 320_000]).last_hidden_state[0] for s in range(0, x.shape[1], 320_000)]
+    hidden = torch.cat(chunks).numpy()  # [T50, 1024]
+    idx = np.minimum(np.arange(2 * n_frames), len(hidden) - 1).reshape(n_frames, 2)
+    return hidden[idx].astype(np.float32)
+
+
+def compute_audio_features(
+    audio_path: Path,
+    encoder: str,
+    settings: Settings,
+    *,
+    ave_checkpoint: Path | None = None,
+    n_frames: int | None = None,
+    samples: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Per-video-frame features for ``encoder`` from any audio file (decoded to 16 kHz mono).
+
+    ``n_frames`` fixes the count to a video's frame count (training); by default one frame per 40 ms of
+    audio (rendering new speech). ``samples`` (16 kHz mono) skips decoding when the caller has them.
+    Returns (features [N, *FEATURE_SHAPES[used encoder]], warnings). The ``ave`` encoder without a usable
+    checkpoint falls back to ``mel`` with a warning (check features.shape to know which was used).
+    """
+    if encoder not in ENCODERS:
+        raise AudioEncoderError(f"unknown audio encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    warnings: list[str] = []
+    y = _load_16k(audio_path) if samples is None else np.asarray(samples, dtype=np.float32).reshape(-1)
+    n = frames_for_audio(len(y)) if n_frames is None else int(n_frames)
+    if encoder == "hubert":
+        return _hubert_features(y, n, settings), warnings
+    windows = mel_windows(log_mel(y), n)  # [N, 80, 16]
+    if encoder == "ave":
+        if ave_checkpoint is None:
+            warnings.append("audio encoder 'ave' asked for without a checkpoint: used 'mel' features instead")
+        elif not Path(ave_checkpoint).is_file():
+            raise AudioEncoderError(f"AVE checkpoint not found: {ave_checkpoint}")
+        else:
+            try:
+                return _ave_features(windows, Path(ave_checkpoint)), warnings
+            except ImportError:
+                warnings.append(
+                    "the AVE audio tower (gpu_worker.ave) is not available: used 'mel' features instead"
+                )
+    return windows, warnings

@@ -1,0 +1,118 @@
+"""``run_preprocess``: one subject video in, one training dataset folder out (METHOD.md section 1).
+
+Steps, each resumable (see step_cache): probe -> track (pass 1: face track, crop) -> analyze (pass 2:
+crop frames, landmarks) -> face (gaps, expression) -> parse (labels, masks, plate, keypoint tracks) ->
+targets (gt, torso) -> stabilize (pose, bundle adjustment) -> audio (wav, mel, features) -> publish.
+Everything is written into a hidden staging folder beside ``out_dir`` that is renamed into place only
+when complete, so a failed or interrupted run never leaves a half-written dataset at ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from gpu_worker.preprocess import audio as audio_mod
+from gpu_worker.preprocess.errors import AudioEncoderError, ClipTooShortError, DatasetError
+from gpu_worker.preprocess.step_cache import chain_key, file_digest, write_json_atomic
+from shared.settings import Settings
+
+Progress = Callable[[str, float, str], None]
+FPS = 25
+CODE_VERSION = 1  # bump when a step's output changes meaning: cached steps are then redone
+WORK = ".work"  # intermediate files inside the staging folder, removed before publishing
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def run_preprocess(
+    video: Path,
+    out_dir: Path,
+    settings: Settings,
+    *,
+    resolution: int = 512,
+    audio_encoder: str = "mel",
+    ave_checkpoint: Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Turn a subject video into a dataset folder at ``out_dir`` (returned). Raises SyncTalkError
+    subclasses for bad input; reruns skip the steps whose inputs and settings did not change."""
+    from gpu_worker.preprocess.steps import StepRunner
+
+    video, out_dir = Path(video).absolute(), Path(out_dir).absolute()
+    if audio_encoder not in audio_mod.ENCODERS:
+        raise AudioEncoderError(
+            f"unknown audio encoder {audio_encoder!r}; choose one of {', '.join(audio_mod.ENCODERS)}"
+        )
+    if resolution < 64 or resolution > 2048 or resolution % 2:
+        raise DatasetError(
+            f"resolution must be an even number of pixels between 64 and 2048, got {resolution}"
+        )
+    if out_dir.exists() and not (out_dir / "manifest.json").is_file():
+        if any(out_dir.iterdir()):
+            raise DatasetError(f"{out_dir} exists and is not a dataset: refusing to replace it")
+        out_dir.rmdir()
+    notify = progress or (lambda step, fraction, message: None)
+
+    from gpu_worker.media.probe import probe
+
+    info = probe(video, settings, require_video=True, require_audio=True)
+    if info.video.duration_s < settings.min_train_seconds:
+        raise ClipTooShortError(
+            f"the clip lasts {info.video.duration_s:.1f} s; at least {settings.min_train_seconds:g} s are needed to train"
+        )
+    base = chain_key(
+        "",
+        "source",
+        {
+            "digest": file_digest(video),
+            "code": CODE_VERSION,
+            "resolution": resolution,
+            "face_gap_max_s": settings.face_gap_max_s,
+            "max_unusable_fraction": settings.max_unusable_fraction,
+            "min_train_seconds": settings.min_train_seconds,
+        },
+    )
+    final_key = chain_key(base, "features", {"encoder": audio_encoder, "ave": str(ave_checkpoint or "")})
+    if (out_dir / "manifest.json").is_file():
+        try:
+            if json.loads((out_dir / "manifest.json").read_text()).get("cache_key") == final_key:
+                notify("done", 1.0, "dataset already up to date")
+                return out_dir
+        except ValueError:
+            pass
+
+    staging = _staging_dir(out_dir)
+    staging.mkdir(parents=True, exist_ok=True)
+    runner = StepRunner(video, info, staging, settings, resolution, notify)
+    runner.run_all(base, audio_encoder, ave_checkpoint)
+    write_json_atomic(staging / "report.json", runner.report())
+    manifest = runner.manifest(final_key)
+    write_json_atomic(staging / "manifest.json", manifest)
+    _publish(staging, out_dir)
+    notify("done", 1.0, f"dataset written to {out_dir}")
+    return out_dir
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Drop the intermediates and rename the staging folder into place (replacing an old dataset)."""
+    from gpu_worker.preprocess.step_cache import STEPS_DIR
+
+    shutil.rmtree(staging / WORK, ignore_errors=True)
+    shutil.rmtree(staging / STEPS_DIR, ignore_errors=True)
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+__all__ = ["FPS", "WORK", "Progress", "run_preprocess"]
