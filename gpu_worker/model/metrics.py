@@ -1,0 +1,105 @@
+"""Evaluation measures: PSNR, SSIM, LMD (mouth landmarks), sync confidence, mouth-opening correlation."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from gpu_worker.model.dataparser import EYE_OUTER_LEFT, EYE_OUTER_RIGHT, LIPS_INNER, LIPS_OUTER, mouth_opening
+
+MOUTH = LIPS_OUTER + LIPS_INNER
+
+
+def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Images in 0..1."""
+    mse = float(np.mean((np.asarray(pred, np.float64) - np.asarray(gt, np.float64)) ** 2))
+    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+
+
+def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    win = min(7, pred.shape[0], pred.shape[1])
+    win -= 1 - win % 2  # odd
+    return float(structural_similarity(pred, gt, channel_axis=-1, data_range=1.0, win_size=win))
+
+
+def lmd(pred_lms: np.ndarray, gt_lms: np.ndarray) -> tuple[float, float]:
+    """Mouth landmark distance over frames, [F, 478, >=2] each -> (mean px, mean / inter-ocular distance)."""
+    d = np.linalg.norm(pred_lms[:, MOUTH, :2] - gt_lms[:, MOUTH, :2], axis=-1).mean(-1)  # [F]
+    iod = np.linalg.norm(gt_lms[:, EYE_OUTER_RIGHT, :2] - gt_lms[:, EYE_OUTER_LEFT, :2], axis=-1)
+    return float(d.mean()), float((d / np.maximum(iod, 1e-6)).mean())
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size < 3 or a.std() < 1e-9 or b.std() < 1e-9:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def speech_envelope(samples_16k: np.ndarray, n_frames: int, fps: int = 25) -> np.ndarray:
+    """RMS of the audio over each video frame's 40 ms [N]."""
+    hop = 16000 // fps
+    y = np.asarray(samples_16k, np.float64).reshape(-1)
+    y = np.pad(y, (0, max(0, n_frames * hop - y.size)))
+    return np.sqrt((y[: n_frames * hop].reshape(n_frames, hop) ** 2).mean(-1))
+
+
+def dark_mouth_opening(image: np.ndarray, lips_box: np.ndarray) -> float:
+    """Image-based mouth opening where no landmarks are detected: share of dark pixels in the lips box
+    (the open mouth's interior is the darkest part of the face)."""
+    x0, y0, x1, y1 = (int(v) for v in lips_box)
+    patch = np.asarray(image[y0:y1, x0:x1], np.float64)
+    if patch.size == 0:
+        return 0.0
+    lum = patch @ np.array([0.299, 0.587, 0.114])
+    return float((lum < 0.25).mean())
+
+
+class MouthTracker:
+    """MediaPipe landmarks for a sequence of frames (VIDEO mode), None where no face is found."""
+
+    def __init__(self, landmarker) -> None:
+        self.landmarker = landmarker
+        self.t = 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray | None:
+        from gpu_worker.preprocess.landmarker import detect_faces
+
+        rgb = (np.clip(image, 0, 1) * 255).astype(np.uint8) if image.dtype != np.uint8 else image
+        self.t += 40
+        faces = detect_faces(self.landmarker, rgb, self.t)
+        return faces[0].landmarks if faces else None
+
+
+@contextmanager
+def mouth_tracker(settings):
+    """A MouthTracker, or None where the face landmarker is unavailable (no model file)."""
+    from shared.errors import SyncTalkError
+
+    try:
+        from gpu_worker.preprocess.landmarker import open_face_landmarker
+
+        ctx = open_face_landmarker(settings)
+        landmarker = ctx.__enter__()
+    except (SyncTalkError, ImportError, RuntimeError):
+        yield None
+        return
+    try:
+        yield MouthTracker(landmarker)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+__all__ = [
+    "dark_mouth_opening",
+    "lmd",
+    "mouth_opening",
+    "mouth_tracker",
+    "pearson",
+    "psnr",
+    "speech_envelope",
+    "ssim",
+]
