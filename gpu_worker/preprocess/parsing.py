@@ -72,10 +72,14 @@ def face_mask_from_landmarks(landmarks: np.ndarray, size: int) -> np.ndarray:
     poly = centre + rel * scale
     mask = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask, [np.round(poly * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
-    sigma = max(1.0, 0.04 * height)
+    # Erode then blur by about the same amount, so the blurred edge stays inside the face; done at a
+    # quarter of the size (it is smooth anyway) to keep it cheap.
+    small = cv2.resize(mask, (size // 4, size // 4), interpolation=cv2.INTER_AREA)
+    sigma = max(0.5, 0.01 * height)
     k = int(2 * round(3 * sigma) + 1)
-    mask = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=max(1, int(sigma // 2)))
-    return cv2.GaussianBlur(mask, (k, k), sigma)
+    small = cv2.erode(small, np.ones((3, 3), np.uint8), iterations=max(1, round(sigma)))
+    small = cv2.GaussianBlur(small, (k, k), sigma)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def labels_from_person(person: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

@@ -51,9 +51,8 @@ class PlateAccumulator:
 
 def composite_gt(rgb: np.ndarray, person: np.ndarray, plate: np.ndarray) -> np.ndarray:
     """The frame's person over the plate, blended with the soft person mask. [R, R, 3] uint8"""
-    alpha = np.clip(person, 0.0, 1.0)[..., None]  # [R, R, 1]
-    out = alpha * rgb.astype(np.float32) + (1.0 - alpha) * plate.astype(np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    alpha = np.clip(person, 0.0, 1.0).astype(np.float32)  # [R, R]
+    return cv2.blendLinear(rgb, plate, alpha, 1.0 - alpha)
 
 
 def torso_target(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -63,30 +62,26 @@ def torso_target(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> 
     neck = labels == NECK
     body = neck | (labels == TORSO)
     out = np.zeros((size, size, 4), np.uint8)
-    out[..., :3][body] = rgb[body]
-    out[..., 3][body] = 255
-    if not neck.any():
-        return out
-    mean = rgb[neck].reshape(-1, 3).mean(0)  # [3]
-    face_h = float(np.linalg.norm(landmarks[CHIN, :2] - landmarks[FOREHEAD, :2]))
+    out[..., :3] = rgb * body[..., None]
+    out[..., 3] = body * np.uint8(255)
     rows = np.flatnonzero(neck.any(1))
-    top = rows[0]
-    neck_h = max(1, rows[-1] - top + 1)
+    if not len(rows):
+        return out
+    mean = cv2.mean(rgb, mask=neck.astype(np.uint8))[:3]  # mean neck colour
+    face_h = float(np.linalg.norm(landmarks[CHIN, :2] - landmarks[FOREHEAD, :2]))
+    top, neck_h = int(rows[0]), int(rows[-1] - rows[0] + 1)
     # Columns the neck occupies near its top: the extension goes straight up from there.
     top_band = neck[top : top + max(2, neck_h // 5)].any(0)  # [R]
     ext_top = int(max(0, top - NECK_EXTEND * face_h))
-    ys = np.arange(size)[:, None]
-    extension = (ys >= ext_top) & (ys < top) & top_band[None, :] & (labels == HEAD)
-    # Visible neck: blend its top toward the mean colour (fades out downward), so the joint to the
+    ext = top_band[None, :] & (labels[ext_top:top] == HEAD)  # [top - ext_top, R]
+    out[ext_top:top, :, :3][ext] = np.round(mean).astype(np.uint8)
+    out[ext_top:top, :, 3][ext] = 255
+    # Visible neck: its top rows blend toward the mean colour, fading out downward, so the joint to the
     # extension carries no shadow line.
-    fade_rows = max(1, int(NECK_FADE * neck_h))
-    w = np.clip(1.0 - (ys - top) / fade_rows, 0.0, 1.0)  # [R, 1]
-    w = np.broadcast_to(w, (size, size))
-    blend = neck & (w > 0)
-    px = rgb[blend].astype(np.float32)
-    out[..., :3][blend] = np.clip(
-        w[blend][:, None] * mean + (1 - w[blend][:, None]) * px + 0.5, 0, 255
-    ).astype(np.uint8)
-    out[..., :3][extension] = np.clip(mean + 0.5, 0, 255).astype(np.uint8)
-    out[..., 3][extension] = 255
+    fade = max(1, int(NECK_FADE * neck_h))
+    w = (1.0 - np.arange(fade, dtype=np.float32) / fade)[:, None, None]  # [fade, 1, 1]
+    band = out[top : top + fade, :, :3].astype(np.float32)
+    blended = w * np.asarray(mean, np.float32) + (1 - w) * band
+    m = neck[top : top + fade, :, None]
+    out[top : top + fade, :, :3] = np.where(m, np.round(blended), band).astype(np.uint8)
     return out

@@ -16,7 +16,14 @@ from gpu_worker.preprocess.dataset_writer import (
     write_transforms,
 )
 from gpu_worker.preprocess.errors import PreprocessError
-from gpu_worker.preprocess.images import frame_name, read_gray, read_rgb, write_jpg, write_png
+from gpu_worker.preprocess.images import (
+    BackgroundWriter,
+    frame_name,
+    read_gray,
+    read_rgb,
+    write_jpg,
+    write_png,
+)
 from gpu_worker.preprocess.pipeline import FPS, WORK, Progress
 from gpu_worker.preprocess.step_cache import (
     AtomicDir,
@@ -157,7 +164,11 @@ class StepRunner:
         from gpu_worker.preprocess.landmarker import open_face_landmarker
 
         crop, n = self._crop(), self.n_frames
-        with AtomicDir(self.root / "frames") as tmp, open_face_landmarker(self.settings, num_faces=2) as lm:
+        with (
+            AtomicDir(self.root / "frames") as tmp,
+            open_face_landmarker(self.settings, num_faces=2) as lm,
+            BackgroundWriter() as writer,
+        ):
             analyzer = FaceAnalyzer(lm, self.res, FPS)
             with FrameReader(self.video, fps=FPS, settings=self.settings) as reader:
                 for i, frame in enumerate(reader):
@@ -165,7 +176,7 @@ class StepRunner:
                         break
                     rgb = crop.apply(frame)  # [R, R, 3]
                     analyzer.process(i, rgb)
-                    write_jpg(tmp / frame_name(i, "jpg"), rgb)
+                    writer.submit(write_jpg, tmp / frame_name(i, "jpg"), rgb)
                     self._tick("analyze", i)
             raw = analyzer.raw()
             if len(raw.detected) != n:
@@ -221,12 +232,13 @@ class StepRunner:
             AtomicDir(self.root / "parsing") as p_dir,
             AtomicDir(self.root / "face_mask") as m_dir,
             SelfieLandmarkParser(self.settings) as parser,
+            BackgroundWriter() as writer,
         ):
             for i, path in self._frames("frames", "jpg"):
                 rgb = read_rgb(path)
                 parsed = parser.parse(rgb, landmarks[i])
-                write_png(p_dir / frame_name(i, "png"), parsed.labels)
-                write_png(m_dir / frame_name(i, "png"), parsed.face_mask)
+                writer.submit(write_png, p_dir / frame_name(i, "png"), parsed.labels)
+                writer.submit(write_png, m_dir / frame_name(i, "png"), parsed.face_mask)
                 plate.update(rgb, parsed.labels)
                 tracker.step(i, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), landmarks[i], bool(usable[i]))
                 self._tick("parse", i)
@@ -245,15 +257,19 @@ class StepRunner:
 
         landmarks, _ = self._face()
         plate = read_rgb(self.root / "background.png")
-        with AtomicDir(self.root / "gt") as g_dir, AtomicDir(self.root / "torso") as t_dir:
+        with (
+            AtomicDir(self.root / "gt") as g_dir,
+            AtomicDir(self.root / "torso") as t_dir,
+            BackgroundWriter() as wr,
+        ):
             for i, path in self._frames("frames", "jpg"):
                 rgb = read_rgb(path)
                 labels = read_gray(self.root / "parsing" / frame_name(i, "png"))
                 # The person's soft edge: labels blurred a little (the stored labels are hard).
                 person = cv2.GaussianBlur((labels > 0).astype(np.float32), (5, 5), 1.0)
                 person = np.where(labels > 0, np.maximum(person, PERSON_THRESHOLD), person)
-                write_png(g_dir / frame_name(i, "png"), composite_gt(rgb, person, plate))
-                write_png(t_dir / frame_name(i, "png"), torso_target(rgb, labels, landmarks[i]))
+                wr.submit(write_png, g_dir / frame_name(i, "png"), composite_gt(rgb, person, plate))
+                wr.submit(write_png, t_dir / frame_name(i, "png"), torso_target(rgb, labels, landmarks[i]))
                 self._tick("targets", i)
         return {}
 

@@ -100,7 +100,7 @@ def bundle_adjust(
     tracks: Tracks,
     track_points: np.ndarray,
     *,
-    max_iter: int = 200,
+    max_iter: int = 150,
 ) -> BundleResult:
     """Refine ``poses`` (usable frames) jointly with the face shape, track points and focal length.
 
@@ -172,7 +172,13 @@ def bundle_adjust(
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    # The tensors are small ([U, K, 3]): one thread beats several (thread hand-off costs more than the math).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        optimizer.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         loss, rot, uv_after, tr_after = terms()
 
