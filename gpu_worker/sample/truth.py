@@ -25,7 +25,7 @@ CONVENTIONS = {
     "rotation": "head rotation relative to its rest pose in the photo (rest = identity), in camera axes, "
     "about head.pivot: X' = R (X - pivot) + pivot + translation",
     "euler": "R = Rz(roll) @ Ry(yaw) @ Rx(pitch), degrees (scipy: Rotation.from_euler('xyz', "
-    "[pitch, yaw, roll], degrees=True)); +pitch lifts the chin, +yaw turns the nose to the image left, "
+    "[pitch, yaw, roll], degrees=True)); +pitch tips the nose down (nod), +yaw turns the nose to the image left, "
     "+roll turns the head clockwise in the image",
     "translation": "camera-axis units = pixels at the rest face's depth (which is camera.fx)",
     "to_mediapipe": "MediaPipe's facial transformation matrices use y up, z towards the viewer: "
