@@ -21,8 +21,8 @@ SOURCES = {
 }
 # -ffp-contract=off / --fmad=false: no fused multiply-add, so the marcher's float comparisons come out
 # the same as in the torch reference (a fused a*b+c rounds once and can move a sample across a cell).
-CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "--fmad=false", "--expt-relaxed-constexpr"]
+CXX_FLAGS = ["-O3", "-ffp-contract=off"]  # the C++ standard comes from torch (C++20 for 2.14)
+NVCC_FLAGS = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
 
 
 def module_name(variant: str) -> str:
@@ -43,7 +43,13 @@ def cuda_arch_list() -> str:
 
 
 def extra_cflags(variant: str) -> list[str]:
-    return list(CXX_FLAGS) + (["-DSYNCTALK_WITH_CUDA"] if variant == "cuda" else [])
+    # -fopenmp: at::parallel_for is an inline `omp parallel`; without it the CPU kernels run on one thread.
+    return list(CXX_FLAGS) + (["-DSYNCTALK_WITH_CUDA"] if variant == "cuda" else ["-fopenmp"])
+
+
+def extra_ldflags(variant: str) -> list[str]:
+    # Links the same libgomp.so.1 torch already loaded (one OpenMP runtime, one thread pool).
+    return [] if variant == "cuda" else ["-fopenmp"]
 
 
 def extra_cuda_cflags(variant: str) -> list[str]:
@@ -62,7 +68,8 @@ def digest(variant: str) -> str:
     for path in sorted([Path(s) for s in sources(variant)] + headers()):
         h.update(path.name.encode())
         h.update(path.read_bytes())
-    h.update(repr((extra_cflags(variant), extra_cuda_cflags(variant), torch.__version__)).encode())
+    h.update(repr((extra_cflags(variant), extra_cuda_cflags(variant), extra_ldflags(variant))).encode())
+    h.update(torch.__version__.encode())
     if variant == "cuda":
         h.update(cuda_arch_list().encode())
     return h.hexdigest()[:16]

@@ -43,10 +43,9 @@ def _check_abi(mod: ModuleType) -> ModuleType:
 
 def build(variant: str, verbose: bool = False) -> ModuleType:
     """JIT-compile (or load the up-to-date cached build of) one variant; raises KernelBuildError."""
+    _cuda_env()  # before importing cpp_extension, which otherwise warns that it guessed CUDA_HOME
     from torch.utils import cpp_extension
 
-    if variant == "cuda":
-        _cuda_env()
     directory = build_spec.build_dir(variant)
     directory.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -56,6 +55,7 @@ def build(variant: str, verbose: bool = False) -> ModuleType:
             sources=build_spec.sources(variant),
             extra_cflags=build_spec.extra_cflags(variant),
             extra_cuda_cflags=build_spec.extra_cuda_cflags(variant),
+            extra_ldflags=build_spec.extra_ldflags(variant),
             extra_include_paths=build_spec.include_dirs(),
             build_directory=str(directory),
             with_cuda=variant == "cuda",
