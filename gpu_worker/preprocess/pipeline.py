@@ -18,6 +18,7 @@ from pathlib import Path
 from gpu_worker.preprocess import audio as audio_mod
 from gpu_worker.preprocess.errors import AudioEncoderError, ClipTooShortError, DatasetError
 from gpu_worker.preprocess.step_cache import chain_key, file_digest, write_json_atomic
+from shared.errors import SyncTalkError
 from shared.settings import Settings
 
 Progress = Callable[[str, float, str], None]
@@ -90,7 +91,13 @@ def run_preprocess(
     staging = _staging_dir(out_dir)
     staging.mkdir(parents=True, exist_ok=True)
     runner = StepRunner(video, info, staging, settings, resolution, notify)
-    runner.run_all(base, audio_encoder, ave_checkpoint)
+    try:
+        runner.run_all(base, audio_encoder, ave_checkpoint)
+    except SyncTalkError:
+        # Bad input: a rerun cannot do better, so nothing is kept. Any other failure (a crash, an
+        # interrupt) keeps the finished steps in the staging folder for the rerun to resume from.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     write_json_atomic(staging / "report.json", runner.report())
     manifest = runner.manifest(final_key)
     write_json_atomic(staging / "manifest.json", manifest)

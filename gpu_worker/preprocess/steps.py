@@ -48,6 +48,27 @@ class SilentAudioError(PreprocessError):
     code = "silent_audio"
 
 
+def fit_audio_to_video(samples: np.ndarray, n_frames: int) -> tuple[np.ndarray, list[str]]:
+    """Cut or pad 16 kHz audio to exactly the video's length; refuse silence and audio that covers too
+    little of the video to learn lips from. Returns (samples [n_frames * 640], warnings)."""
+    video_s, audio_s = n_frames / FPS, len(samples) / audio_mod.SAMPLE_RATE
+    warnings = []
+    if audio_s < AUDIO_MIN_COVERAGE * video_s:
+        raise AudioMismatchError(
+            f"the audio lasts {audio_s:.1f} s but the video {video_s:.1f} s: too little speech to learn lips from"
+        )
+    if abs(audio_s - video_s) > AUDIO_MISMATCH_WARN_S:
+        what = "padded with silence" if audio_s < video_s else "cut"
+        warnings.append(
+            f"the audio lasts {audio_s:.1f} s and the video {video_s:.1f} s: audio {what} to match"
+        )
+    target = int(round(video_s * audio_mod.SAMPLE_RATE))
+    samples = np.pad(samples[:target], (0, max(0, target - len(samples))))
+    if float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) < SILENCE_RMS:
+        raise SilentAudioError("the audio track is silent: a subject video needs the person speaking")
+    return samples, warnings
+
+
 class StepRunner:
     def __init__(
         self, video: Path, info, staging: Path, settings: Settings, resolution: int, notify: Progress
@@ -328,24 +349,9 @@ class StepRunner:
         from gpu_worker.media.frames import load_audio, write_wav
 
         n = self.n_frames
-        samples = np.asarray(
-            load_audio(self.video, rate=audio_mod.SAMPLE_RATE, settings=self.settings), np.float32
-        )
-        video_s, audio_s = n / FPS, len(samples) / audio_mod.SAMPLE_RATE
-        warnings = []
-        if audio_s < AUDIO_MIN_COVERAGE * video_s:
-            raise AudioMismatchError(
-                f"the audio lasts {audio_s:.1f} s but the video {video_s:.1f} s: too little speech to learn lips from"
-            )
-        if abs(audio_s - video_s) > AUDIO_MISMATCH_WARN_S:
-            what = "padded with silence" if audio_s < video_s else "cut"
-            warnings.append(
-                f"the audio lasts {audio_s:.1f} s and the video {video_s:.1f} s: audio {what} to match"
-            )
-        target = int(round(video_s * audio_mod.SAMPLE_RATE))
-        samples = np.pad(samples[:target], (0, max(0, target - len(samples))))
-        if float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) < SILENCE_RMS:
-            raise SilentAudioError("the audio track is silent: a subject video needs the person speaking")
+        samples = load_audio(self.video, rate=audio_mod.SAMPLE_RATE, settings=self.settings)
+        audio_s = len(samples) / audio_mod.SAMPLE_RATE
+        samples, warnings = fit_audio_to_video(np.asarray(samples, np.float32), n)
         write_wav(self.root / "audio.wav", samples, audio_mod.SAMPLE_RATE)
         mel = audio_mod.log_mel(samples)  # [T, 80]
         save_npy_atomic(self.root / "mel.npy", mel)
