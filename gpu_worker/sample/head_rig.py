@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpu_worker.sample.errors import SampleError
 from gpu_worker.sample.portrait import CHIN, FOREHEAD, Portrait
 
 # Focal length in frame widths: about a 1 m portrait distance for a face a third of the frame wide.
@@ -107,7 +108,7 @@ class HeadRig:
         z_face = LinearNDInterpolator(lm[:, :2], lm[:, 2])(u, v)  # NaN outside the landmark hull
         inside = np.isfinite(z_face)
         if not inside.any():
-            raise ValueError("the face landmarks lie outside the head region")
+            raise SampleError("the face landmarks lie outside the head region")
         dist, (iy, ix) = distance_transform_edt(~inside, return_indices=True)
         z_edge = z_face[iy, ix]  # depth of the nearest face pixel
         z_back = float(lm[:, 2].max()) + 0.4 * fw
