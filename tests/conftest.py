@@ -28,3 +28,31 @@ def settings(tmp_path: Path) -> Settings:
         model_sources=_model_sources(),
         model_download=False,
     )
+
+
+def _sample_settings(root: Path) -> Settings:
+    return Settings(
+        environment="test",
+        data_dir=root / "data",
+        model_dir=root / "models",
+        model_sources=_model_sources(),
+        model_download=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_subject(tmp_path_factory):
+    """A 6 s, 256 px sample clip (seed 0), made once per session: .video, .speech, .truth, .n_frames."""
+    from gpu_worker.sample import make_sample
+
+    root = tmp_path_factory.mktemp("sample_subject")
+    return make_sample(root / "clip", seconds=6.0, size=256, seed=0, settings=_sample_settings(root))
+
+
+@pytest.fixture(scope="session")
+def sample_subject_b(tmp_path_factory):
+    """A second clip of the same person (seed 1): its audio is "new", its video the ground truth for it."""
+    from gpu_worker.sample import make_sample
+
+    root = tmp_path_factory.mktemp("sample_subject_b")
+    return make_sample(root / "clip_b", seconds=6.0, size=256, seed=1, settings=_sample_settings(root))
