@@ -54,6 +54,9 @@ class FieldConfig:
     """Per-frame latent appearance code."""
     sh_degree: int = 4
     """Spherical-harmonics degree of the view-direction encoding."""
+    density_bias: float = -2.0
+    """Initial log-density: the head starts nearly transparent and grows where its colour fits (an
+    opaque start tends to collapse to 'all transparent' before the grids tell head from empty space)."""
 
 
 @dataclass
@@ -296,13 +299,13 @@ def _tiny() -> RunConfig:
         ),
         data=DataConfig(rays_per_batch=512, patch_size=8, patches_per_batch=1, cache_bytes=64 * 1024**2),
         trainer=TrainerConfig(
-            head_steps=30,
+            head_steps=60,
             lips_steps=6,
             torso_steps=10,
             checkpoint_every=10,
             log_every=5,
             lr_grid=3e-2,
-            lr_mlp=3e-3,
+            lr_mlp=1e-2,
         ),
     )
 

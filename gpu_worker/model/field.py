@@ -43,6 +43,30 @@ def sh_encode(d: torch.Tensor, degree: int) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
+class _BoundedExp(torch.autograd.Function):
+    """exp(h) with h clamped to [-10, 15] in both passes, but a gradient that never vanishes.
+
+    A plain exp lets a region that went transparent early (before the grid features differ between
+    head and empty space) underflow to sigma = 0, where it gets no gradient and never comes back. The
+    clamp's gradient here is the clamped exp's value, not 0, so such a region stays trainable.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        out = torch.exp(h.clamp(-10.0, 15.0))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return grad * out
+
+
+def density_activation(h: torch.Tensor) -> torch.Tensor:
+    return _BoundedExp.apply(h)
+
+
 class TriPlaneField(nn.Module):
     def __init__(self, config: FieldConfig, aabb: torch.Tensor, n_frames: int) -> None:
         super().__init__()
@@ -61,6 +85,8 @@ class TriPlaneField(nn.Module):
         self.sigma_net = mlp(
             enc_dim + c.audio_dim + c.exp_dim, [c.hidden_dim, c.hidden_dim], 1 + c.geo_feat_dim
         )
+        with torch.no_grad():
+            self.sigma_net[-1].bias[0] = c.density_bias
         self.color_net = mlp(c.sh_degree**2 + c.geo_feat_dim + c.latent_dim, [c.color_hidden_dim], 3)
         self.unc_net = mlp(enc_dim, [c.attn_hidden_dim], 1)
         self.latents = nn.Embedding(n_frames, c.latent_dim)
@@ -86,7 +112,7 @@ class TriPlaneField(nn.Module):
         enc_a = enc_a.expand(m, -1) if enc_a.dim() == 1 else enc_a
         exp = exp.expand(m, -1) if exp.dim() == 1 else exp
         h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, exp * e_attn], -1))
-        sigma = torch.exp(h[:, 0].clamp(max=15.0))  # [M]
+        sigma = density_activation(h[:, 0])  # [M]
         return {"sigma": sigma, "geo": h[:, 1:], "enc_x": enc_x, "a_attn": a_attn, "e_attn": e_attn}
 
     def forward(

@@ -78,6 +78,7 @@ class Trainer:
         self.progress = progress
         self.info = parse_dataset(dataset_dir, config.data.resolution)
         self.spec = spec_from_info(self.info)
+        torch.manual_seed(config.trainer.seed)  # the weights' initialization is part of the run
         self.model = SyncTalkModel(config, self.spec).to(self.device)
         self.dm = DataManager(self.info, config.data, self.device)
         self.feats = torch.from_numpy(self.info.audio_features).to(self.device)  # [N, *shape]
