@@ -22,7 +22,7 @@ SOURCES = {
 # -ffp-contract=off / --fmad=false: no fused multiply-add, so the marcher's float comparisons come out
 # the same as in the torch reference (a fused a*b+c rounds once and can move a sample across a cell).
 CXX_FLAGS = ["-O3", "-ffp-contract=off"]  # the C++ standard comes from torch (C++20 for 2.14)
-NVCC_FLAGS = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
+NVCC_FLAGS = ["-O3", "--fmad=false"]
 
 
 def module_name(variant: str) -> str:

@@ -96,10 +96,7 @@ def grid_cell_positions(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     idx = torch.arange(grid_size**3, dtype=torch.int32, device=dev)
     cells = ref.morton3D_invert(idx).to(F32)  # [G^3, 3]
-    if jitter:
-        frac = torch.rand(cells.shape, generator=generator, device=dev)
-    else:
-        frac = torch.full_like(cells, 0.5)
+    frac = torch.rand(cells.shape, generator=generator, device=dev) if jitter else torch.full_like(cells, 0.5)
     lo = torch.tensor(spec.lo[cascade], dtype=F32, device=dev)
     cell = torch.tensor(spec.cell[cascade], dtype=F32, device=dev)
     return lo + (cells + frac) * cell
