@@ -31,7 +31,8 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $@
 
 install: venv
-	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+	  || $(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 
 models: install
 	$(BIN)/synctalk models fetch

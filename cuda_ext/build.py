@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cuda_ext: {exc}", file=sys.stderr)
             return 1
         extra = f", archs {build_spec.cuda_arch_list()}" if variant == "cuda" else ""
-        print(f"cuda_ext: {variant} kernels ready in {time.monotonic() - start:.1f} s{extra} -> {build_spec.build_dir(variant)}")
+        print(
+            f"cuda_ext: {variant} kernels ready in {time.monotonic() - start:.1f} s{extra} -> {build_spec.build_dir(variant)}"
+        )
     return 0
 
 
