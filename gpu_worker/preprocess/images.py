@@ -8,11 +8,13 @@ import cv2
 import numpy as np
 
 JPEG_QUALITY = 95
-# Fast PNG: level 1, "up" filter, Huffman only: about 3x faster than OpenCV's default at ~15 % more disk.
+# Fast PNG: level 1, "up" filter, run-length matches only. Measured on 512 px dataset images (CPU ms,
+# KiB) against Huffman-only: gt RGB 7.0 / 323 vs 6.7 / 372, torso RGBA 4.3 / 152 vs 7.6 / 243, labels
+# 0.45 / 3 vs 1.6 / 33: RLE finds the long runs of the flat label, mask and transparent regions.
 PNG_PARAMS = [
     cv2.IMWRITE_PNG_COMPRESSION, 1,
     cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
 ]  # fmt: skip
 
 
