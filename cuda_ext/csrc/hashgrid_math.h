@@ -14,30 +14,28 @@ struct GridLevels {
   float shift;
   float scale[MAX_LEVELS];
   int verts[MAX_LEVELS];
+  bool dense[MAX_LEVELS];  // verts^D <= rows: stored without hashing
   int offset[MAX_LEVELS + 1];
 };
 
-// Row (within the level) of lattice corner c: dense where the lattice fits the level's rows, else hashed.
+// Row (within the level) of lattice corner c: dense where the lattice fits the level's rows (then the
+// index is already < rows), else hashed (then rows is 2^log2_hashmap_size, so the modulo is a mask).
 template <int D>
 HD uint32_t grid_index(const uint32_t* c, const GridLevels& g, int level) {
   const uint32_t v = (uint32_t)g.verts[level];
   const uint32_t rows = (uint32_t)(g.offset[level + 1] - g.offset[level]);
-  uint64_t cells = v;
-  for (int d = 1; d < D; ++d) cells *= v;
-  uint32_t idx;
-  if (cells <= rows) {
-    idx = c[0];
-    uint32_t stride = 1;
+  if (g.dense[level]) {
+    uint32_t idx = c[0], stride = 1;
     for (int d = 1; d < D; ++d) {
       stride *= v;
       idx += c[d] * stride;
     }
-  } else {
-    const uint32_t primes[3] = {1u, 2654435761u, 805459861u};
-    idx = c[0] * primes[0];
-    for (int d = 1; d < D; ++d) idx ^= c[d] * primes[d];
+    return idx;
   }
-  return idx % rows;
+  const uint32_t primes[3] = {1u, 2654435761u, 805459861u};
+  uint32_t idx = c[0] * primes[0];
+  for (int d = 1; d < D; ++d) idx ^= c[d] * primes[d];
+  return idx & (rows - 1u);
 }
 
 // Lattice cell of x at this level: base corner and fractional position.

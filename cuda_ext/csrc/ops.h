@@ -15,7 +15,7 @@ using at::Tensor;
 constexpr int ABI_VERSION = 1;
 
 inline GridLevels unpack_levels(const Tensor& scales, const Tensor& verts, const Tensor& offsets, double shift,
-                                int C) {
+                                int C, int D) {
   GridLevels g{};
   g.L = (int)scales.size(0);
   TORCH_CHECK(g.L <= MAX_LEVELS, "at most ", MAX_LEVELS, " levels");
@@ -29,6 +29,14 @@ inline GridLevels unpack_levels(const Tensor& scales, const Tensor& verts, const
     g.verts[l] = v[l];
   }
   for (int l = 0; l <= g.L; ++l) g.offset[l] = o[l];
+  for (int l = 0; l < g.L; ++l) {
+    const int64_t rows = o[l + 1] - o[l];
+    int64_t cells = 1;
+    for (int d = 0; d < D; ++d) cells *= v[l];
+    g.dense[l] = cells <= rows;
+    // hashed levels use a mask for the modulo: their row count must be a power of two
+    TORCH_CHECK(g.dense[l] || (rows & (rows - 1)) == 0, "hashed level ", l, " needs a power-of-two row count");
+  }
   return g;
 }
 

@@ -9,10 +9,10 @@ namespace stk::cpu {
 namespace {
 template <int D>
 void forward_impl(const float* x, const float* emb, const GridLevels& g, int64_t N, float* out) {
-  at::parallel_for(0, N, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      for (int l = 0; l < g.L; ++l)
-        hash_level_forward<D, float>(x + D * i, emb, g, l, out + (i * g.L + l) * g.C);
+  // Level-outer within a chunk of points: one level's table stays in cache while the chunk reads it.
+  at::parallel_for(0, N, 4096, [&](int64_t b, int64_t e) {
+    for (int l = 0; l < g.L; ++l)
+      for (int64_t i = b; i < e; ++i) hash_level_forward<D, float>(x + D * i, emb, g, l, out + (i * g.L + l) * g.C);
   });
 }
 
@@ -31,9 +31,9 @@ void backward_impl(const float* grad, const float* x, const float* emb, const Gr
       }
   });
   if (!gx) return;
-  at::parallel_for(0, N, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      for (int l = 0; l < g.L; ++l)
+  at::parallel_for(0, N, 4096, [&](int64_t b, int64_t e) {
+    for (int l = 0; l < g.L; ++l)
+      for (int64_t i = b; i < e; ++i)
         hash_level_input_grad<D, float>(x + D * i, emb, g, l, grad + (i * g.L + l) * g.C, gx + D * i);
   });
 }
@@ -41,7 +41,7 @@ void backward_impl(const float* grad, const float* x, const float* emb, const Gr
 
 Tensor hash_encode_forward(Tensor x, Tensor emb, Tensor scales, Tensor verts, Tensor offsets, double shift) {
   TORCH_CHECK(emb.scalar_type() == at::kFloat, "CPU hash grid tables must be float32");
-  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1));
+  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1), (int)x.size(1));
   const int64_t N = x.size(0);
   auto out = at::empty({N, (int64_t)g.L * g.C}, x.options());
   if (x.size(1) == 2)
@@ -53,7 +53,7 @@ Tensor hash_encode_forward(Tensor x, Tensor emb, Tensor scales, Tensor verts, Te
 
 std::vector<Tensor> hash_encode_backward(Tensor grad, Tensor x, Tensor emb, Tensor scales, Tensor verts,
                                          Tensor offsets, double shift, bool need_input_grad) {
-  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1));
+  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1), (int)x.size(1));
   const int64_t N = x.size(0);
   auto gemb = at::zeros(emb.sizes(), emb.options().dtype(at::kFloat));
   auto gx = need_input_grad ? at::zeros_like(x) : at::empty({0}, x.options());

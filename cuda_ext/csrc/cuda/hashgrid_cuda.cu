@@ -49,7 +49,7 @@ __global__ void input_grad_kernel(int64_t N, const float* grad, const float* x, 
 
 Tensor hash_encode_forward(Tensor x, Tensor emb, Tensor scales, Tensor verts, Tensor offsets, double shift) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1));
+  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1), (int)x.size(1));
   TORCH_CHECK(g.C <= MAX_C, "level_dim must be <= ", MAX_C);
   const int64_t N = x.size(0);
   auto out = at::empty({N, (int64_t)g.L * g.C}, emb.options());
@@ -70,7 +70,7 @@ Tensor hash_encode_forward(Tensor x, Tensor emb, Tensor scales, Tensor verts, Te
 std::vector<Tensor> hash_encode_backward(Tensor grad, Tensor x, Tensor emb, Tensor scales, Tensor verts,
                                          Tensor offsets, double shift, bool need_input_grad) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1));
+  const GridLevels g = unpack_levels(scales, verts, offsets, shift, (int)emb.size(1), (int)x.size(1));
   const int64_t N = x.size(0);
   auto grad_f = grad.to(at::kFloat).contiguous();
   auto gemb = at::zeros(emb.sizes(), emb.options().dtype(at::kFloat));
