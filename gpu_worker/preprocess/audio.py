@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from gpu_worker.preprocess.errors import AudioEncoderError
+from gpu_worker.preprocess.hubert import HUBERT_DIR_NAME as HUBERT_DIR_NAME
+from gpu_worker.preprocess.hubert import hubert_features
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,8 @@ ENCODERS = ("mel", "ave", "hubert")
 FEATURE_SHAPES: dict[str, tuple[int, ...]] = {
     "mel": (N_MELS, WINDOW_FRAMES),
     "ave": (512,),
-    "hubert": (2, 1024),
+    "hubert": (2, 1024),  # HuBERT-large; the hidden size is the checkpoint's
 }
-HUBERT_DIR_NAME = "hubert-large-ls960-ft"  # folder under settings.model_dir with a transformers checkpoint
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -142,31 +143,6 @@ def _ave_features(windows: np.ndarray, checkpoint: Path) -> np.ndarray:
     return feats.astype(np.float32)
 
 
-def _hubert_features(samples: np.ndarray, n_frames: int, settings: Settings) -> np.ndarray:
-    """HuBERT-large hidden states at 50 Hz, two per video frame. [N, 2, 1024]"""
-    weights = Path(settings.model_dir) / HUBERT_DIR_NAME
-    if not (weights / "config.json").is_file():
-        raise AudioEncoderError(
-            f"the hubert encoder needs a transformers checkpoint in {weights} (config.json and weights); "
-            "put it there or use --audio-encoder mel"
-        )
-    try:
-        import torch
-        from transformers import HubertModel  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise AudioEncoderError(
-            "the hubert encoder needs the 'transformers' package, which is not installed; use --audio-encoder mel"
-        ) from exc
-    model = HubertModel.from_pretrained(str(weights)).eval()
-    x = torch.from_numpy((samples - samples.mean()) / (samples.std() + 1e-7)).float()[None]
-    with torch.no_grad():
-        # 20 s chunks keep memory bounded; the conv front end's 400-sample receptive field is negligible at joins.
-        chunks = [model(x[:, s : s + 320_000]).last_hidden_state[0] for s in range(0, x.shape[1], 320_000)]
-    hidden = torch.cat(chunks).numpy()  # [T50, 1024]
-    idx = np.minimum(np.arange(2 * n_frames), len(hidden) - 1).reshape(n_frames, 2)
-    return hidden[idx].astype(np.float32)
-
-
 def compute_audio_features(
     audio_path: Path,
     encoder: str,
@@ -175,13 +151,16 @@ def compute_audio_features(
     ave_checkpoint: Path | None = None,
     n_frames: int | None = None,
     samples: np.ndarray | None = None,
+    hubert_dir: Path | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Per-video-frame features for ``encoder`` from any audio file (decoded to 16 kHz mono).
 
     ``n_frames`` fixes the count to a video's frame count (training); by default one frame per 40 ms of
     audio (rendering new speech). ``samples`` (16 kHz mono) skips decoding when the caller has them.
-    Returns (features [N, *FEATURE_SHAPES[used encoder]], warnings). The ``ave`` encoder without a usable
-    checkpoint falls back to ``mel`` with a warning (check features.shape to know which was used).
+    ``hubert_dir`` is the HuBERT checkpoint folder (default: settings.model_dir / HUBERT_DIR_NAME).
+    Returns (features [N, *FEATURE_SHAPES[used encoder]] (hubert: [N, 2, hidden size]), warnings). The
+    ``ave`` encoder without a usable checkpoint falls back to ``mel`` with a warning (check
+    features.shape to know which was used).
     """
     if encoder not in ENCODERS:
         raise AudioEncoderError(f"unknown audio encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
@@ -189,7 +168,7 @@ def compute_audio_features(
     y = _load_16k(audio_path) if samples is None else np.asarray(samples, dtype=np.float32).reshape(-1)
     n = frames_for_audio(len(y)) if n_frames is None else int(n_frames)
     if encoder == "hubert":
-        return _hubert_features(y, n, settings), warnings
+        return hubert_features(y, n, settings, hubert_dir), warnings
     windows = mel_windows(log_mel(y), n)  # [N, 80, 16]
     if encoder == "ave":
         if ave_checkpoint is None:

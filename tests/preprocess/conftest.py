@@ -53,3 +53,25 @@ def write_tone(path: Path, seconds: float, amp: float = 0.3, rate: int = 16000) 
 
     t = np.arange(int(seconds * rate)) / rate
     return write_wav(path, amp * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2, rate)
+
+
+TINY_HUBERT_HIDDEN = 32
+
+
+def save_tiny_hubert(folder):
+    """A 2-layer HuBERT with hidden size 32 and the real 20 ms convolutional front end (narrow)."""
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    config = HubertConfig(
+        hidden_size=TINY_HUBERT_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    HubertModel(config).save_pretrained(folder)
+    return folder
