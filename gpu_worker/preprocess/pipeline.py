@@ -17,13 +17,13 @@ from pathlib import Path
 
 from gpu_worker.preprocess import audio as audio_mod
 from gpu_worker.preprocess.errors import AudioEncoderError, ClipTooShortError, DatasetError
-from gpu_worker.preprocess.step_cache import chain_key, file_digest, write_json_atomic
+from gpu_worker.preprocess.step_cache import STEPS_DIR, chain_key, file_digest, write_json_atomic
 from shared.errors import SyncTalkError
 from shared.settings import Settings
 
 Progress = Callable[[str, float, str], None]
 FPS = 25
-CODE_VERSION = 1  # bump when a step's output changes meaning: cached steps are then redone
+CODE_VERSION = 2  # bump when a step's output changes meaning: cached steps are then redone
 WORK = ".work"  # intermediate files inside the staging folder, removed before publishing
 
 
@@ -80,19 +80,29 @@ def run_preprocess(
         },
     )
     final_key = chain_key(base, "features", {"encoder": audio_encoder, "ave": str(ave_checkpoint or "")})
+    published: frozenset[str] = frozenset()
+    staging = _staging_dir(out_dir)
     if (out_dir / "manifest.json").is_file():
         try:
-            if json.loads((out_dir / "manifest.json").read_text()).get("cache_key") == final_key:
-                notify("done", 1.0, "dataset already up to date")
-                return out_dir
+            old = json.loads((out_dir / "manifest.json").read_text())
         except ValueError:
-            pass
-
-    staging = _staging_dir(out_dir)
+            old = {}
+        if old.get("cache_key") == final_key:
+            notify("done", 1.0, "dataset already up to date")
+            return out_dir
+        keys = StepRunner.step_keys(base, audio_encoder, ave_checkpoint)
+        same = [name for name, key in old.get("step_keys", {}).items() if keys.get(name) == key]
+        if same and (out_dir / STEPS_DIR).is_dir():
+            # Only later steps changed (typically the audio encoder): start from a hard-linked copy of
+            # the published dataset and redo just those; the published files are never written to
+            # (every write replaces a file by rename), so the old dataset stays intact until the swap.
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(out_dir, staging, copy_function=_link_or_copy)
+            published = frozenset(same)
     staging.mkdir(parents=True, exist_ok=True)
     runner = StepRunner(video, info, staging, settings, resolution, notify)
     try:
-        runner.run_all(base, audio_encoder, ave_checkpoint)
+        runner.run_all(base, audio_encoder, ave_checkpoint, published=published)
     except SyncTalkError:
         # Bad input: a rerun cannot do better, so nothing is kept. Any other failure (a crash, an
         # interrupt) keeps the finished steps in the staging folder for the rerun to resume from.
@@ -106,12 +116,18 @@ def run_preprocess(
     return out_dir
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Drop the intermediates and rename the staging folder into place (replacing an old dataset)."""
-    from gpu_worker.preprocess.step_cache import STEPS_DIR
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(src, dst)
 
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Drop the intermediates and rename the staging folder into place (replacing an old dataset). The
+    step records (``.steps/``, a few hundred bytes each) stay, so a later run that changes only the
+    audio encoder redoes only the audio step."""
     shutil.rmtree(staging / WORK, ignore_errors=True)
-    shutil.rmtree(staging / STEPS_DIR, ignore_errors=True)
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -83,9 +84,10 @@ class StepRunner:
         self.info_by_step: dict[str, dict] = {}
 
     # ---- orchestration ----
-    def run_all(self, base: str, encoder: str, ave_checkpoint: Path | None) -> None:
-        key = base
-        plan = [
+    @staticmethod
+    def plan(encoder: str, ave_checkpoint: Path | None) -> list[tuple[str, dict, list[str]]]:
+        """(step, the parameters its key adds, its outputs) in run order."""
+        return [
             ("track", {}, [f"{WORK}/track.json"]),
             ("analyze", {}, ["frames", f"{WORK}/raw_face.npz"]),
             ("face", {}, ["landmarks.npy", "blendshapes.npy", "expression.npy", f"{WORK}/face.npz"]),
@@ -98,13 +100,33 @@ class StepRunner:
                 ["audio.wav", "mel.npy", "audio_features.npy"],
             ),
         ]
+
+    @classmethod
+    def step_keys(cls, base: str, encoder: str, ave_checkpoint: Path | None) -> dict[str, str]:
+        """Each step's chained key: it changes when anything the step or an earlier one reads changes."""
+        keys, key = {}, base
+        for name, params, _ in cls.plan(encoder, ave_checkpoint):
+            key = keys[name] = chain_key(key, name, params)
+        return keys
+
+    def run_all(
+        self, base: str, encoder: str, ave_checkpoint: Path | None, *, published: frozenset = frozenset()
+    ) -> None:
+        """Run the steps, skipping those whose record matches. Steps in ``published`` come from a
+        published dataset, whose intermediates (``.work``) are gone: their records and dataset files are
+        trusted without them."""
         self._ave_checkpoint = ave_checkpoint
         self._encoder = encoder
-        for name, params, outputs in plan:
-            key = chain_key(key, name, params)
+        keys = self.step_keys(base, encoder, ave_checkpoint)
+        self.reused: list[str] = []
+        for name, _params, outputs in self.plan(encoder, ave_checkpoint):
+            key = keys[name]
+            if name in published:
+                outputs = [o for o in outputs if not o.startswith(WORK)]
             if self.cache.done(name, key, outputs):
                 self.info_by_step[name] = self.cache.load(name)
                 self.warnings += self.info_by_step[name].get("warnings", [])
+                self.reused.append(name)
                 self.notify(name, 1.0, f"{name}: unchanged, skipped")
                 continue
             self.notify(name, 0.0, f"{name}: started")
@@ -115,6 +137,7 @@ class StepRunner:
             self.warnings += info.get("warnings", [])
             self.cache.mark(name, key, info)
             self.notify(name, 1.0, f"{name}: done in {info['seconds']:.1f} s")
+        self.step_key_map = keys
 
     def _frames(self, sub: str, ext: str):
         n = self.n_frames
@@ -225,7 +248,12 @@ class StepRunner:
             warnings.append(
                 f"{int((~face.usable).sum())} frames without a usable face are left out of training"
             )
-        return {"unusable": face.unusable_reasons, "warnings": warnings, "usable": int(face.usable.sum())}
+        return {
+            "unusable": face.unusable_reasons,
+            "warnings": warnings,
+            "usable": int(face.usable.sum()),
+            "detection_ratio": round(float(face.detected.mean()), 4),
+        }
 
     def _face(self) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self.work / "face.npz") as z:
@@ -376,11 +404,9 @@ class StepRunner:
     def report(self) -> dict:
         face = self.info_by_step["face"]
         n = self.n_frames
-        with np.load(self.work / "face.npz") as z:
-            detected = z["detected"]
         return {
             "frame_count": n,
-            "face_detection_ratio": round(float(detected.mean()), 4),
+            "face_detection_ratio": face["detection_ratio"],
             "usable_frames": face["usable"],
             "unusable_frames": face["unusable"],
             "pose": self.info_by_step["stabilize"]["pose"],
@@ -391,12 +417,19 @@ class StepRunner:
             "ms_per_frame": round(
                 1000 * sum(v.get("seconds", 0) for v in self.info_by_step.values()) / max(1, n), 1
             ),
+            "reused_steps": self.reused,  # skipped as unchanged: their seconds are from the earlier run
             "warnings": self.warnings,
         }
 
+    def _usable(self) -> np.ndarray:
+        if (self.work / "face.npz").is_file():
+            with np.load(self.work / "face.npz") as z:
+                return z["usable"]
+        # A published dataset being updated (encoder change): its manifest holds the same flags.
+        return np.array(json.loads((self.root / "manifest.json").read_text())["usable"], bool)
+
     def manifest(self, cache_key: str) -> dict:
-        with np.load(self.work / "face.npz") as z:
-            usable = z["usable"]
+        usable = self._usable()
         st, au, tr = self.info_by_step["stabilize"], self.info_by_step["audio"], self.info_by_step["track"]
         settings = self.settings.model_dump(
             include={"face_gap_max_s", "max_unusable_fraction", "min_train_seconds"}, mode="json"
@@ -417,4 +450,5 @@ class StepRunner:
             versions=package_versions(),
             parser="selfie+landmarks",
             cache_key=cache_key,
+            step_keys=self.step_key_map,
         )

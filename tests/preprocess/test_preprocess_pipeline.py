@@ -111,6 +111,55 @@ def test_rerun_skips_unchanged_steps_and_redoes_changed(tiny_sample, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert any("mel" in w for w in report["warnings"])  # ave without a checkpoint falls back to mel
     assert json.loads((out / "manifest.json").read_text())["audio_encoder"] == "mel"
+    # Only the encoder changed: the published dataset's steps are reused, only audio is redone.
+    assert {e[0] for e in events if "skipped" in e[2]} == {
+        "track",
+        "analyze",
+        "face",
+        "parse",
+        "targets",
+        "stabilize",
+    }
+    assert ("audio", 0.0, "audio: started") in events
+    assert report["reused_steps"] == ["track", "analyze", "face", "parse", "targets", "stabilize"]
+
+
+def test_encoder_change_on_a_published_dataset_redoes_only_audio(tiny_sample, tmp_path):
+    from conftest import TINY_HUBERT_HIDDEN, save_tiny_hubert
+
+    from gpu_worker.preprocess.hubert import HUBERT_DIR_NAME
+
+    settings = tiny_settings(tmp_path)
+    out = run_preprocess(tiny_sample / "subject.mp4", tmp_path / "ds", settings, resolution=96)
+    before = json.loads((out / "manifest.json").read_text())
+    frame_inode = (out / "frames" / "000000.jpg").stat().st_ino
+    gt_bytes = (out / "gt" / "000010.png").read_bytes()
+    save_tiny_hubert(settings.model_dir / HUBERT_DIR_NAME)
+    events: list = []
+    run_preprocess(
+        tiny_sample / "subject.mp4", out, settings, resolution=96, audio_encoder="hubert",
+        progress=lambda *e: events.append(e),
+    )  # fmt: skip
+    started = [e[0] for e in events if e[2].endswith("started")]
+    assert started == ["audio"]
+    m = json.loads((out / "manifest.json").read_text())
+    n = m["frame_count"]
+    assert m["audio_encoder"] == "hubert" and m["audio_feature_shape"] == [2, TINY_HUBERT_HIDDEN]
+    feats = np.load(out / "audio_features.npy")
+    assert feats.shape == (n, 2, TINY_HUBERT_HIDDEN) and np.isfinite(feats).all()
+    for field in ("usable", "split", "intrinsics", "aabb", "crop"):
+        assert m[field] == before[field], field
+    # The frames are the very same files (hard-linked, never rewritten), the targets unchanged.
+    assert (out / "frames" / "000000.jpg").stat().st_ino == frame_inode
+    assert (out / "gt" / "000010.png").read_bytes() == gt_bytes
+    assert not list(tmp_path.glob(".ds.*"))  # no staging or old copy left behind
+    # Back to mel: again only the audio step runs.
+    events.clear()
+    run_preprocess(
+        tiny_sample / "subject.mp4", out, settings, resolution=96, progress=lambda *e: events.append(e)
+    )
+    assert [e[0] for e in events if e[2].endswith("started")] == ["audio"]
+    assert np.load(out / "audio_features.npy").shape == (n, 80, 16)
 
 
 def test_interrupted_run_resumes_from_finished_steps(tiny_sample, tmp_path, monkeypatch):
