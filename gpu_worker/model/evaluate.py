@@ -75,6 +75,7 @@ def evaluate_model(
     dataset: str | Path | None = None,
     audio: str | Path | None = None,
     reference: str | Path | None = None,
+    truth_video: str | Path | None = None,
     ave_checkpoint: str | Path | None = None,
     out_dir: str | Path | None = None,
     max_frames: int | None = None,
@@ -86,7 +87,8 @@ def evaluate_model(
 
     ``audio``: a speech file to render (poses from training frames, ping-pong). ``reference``: a second
     preprocessed clip of the subject: its audio drives the model and its landmarks are the truth for
-    the lip-gap correlation. ``ave_checkpoint`` (default MODEL_DIR/ave.pt): the towers for sync scores.
+    the lip-gap correlation. ``truth_video``: the video that goes with ``audio`` (its lip gap, from
+    MediaPipe landmarks, is then the truth). ``ave_checkpoint`` (default MODEL_DIR/ave.pt): the towers for sync scores.
     """
     model_dir = Path(model_dir)
     loaded = load_model(model_dir, device)
@@ -123,20 +125,13 @@ def evaluate_model(
             loaded, info, dm, towers, tracker, out, max_frames, previews, progress
         )
         if audio or reference:
-            result["new_audio"] = _new_audio(
-                loaded,
-                info,
-                dm,
-                towers,
-                tracker,
-                settings,
-                audio,
-                reference,
-                ave_path,
-                out,
-                max_frames,
-                progress,
+            truth = (
+                video_lip_gap(truth_video, settings, max_frames) if truth_video and not reference else None
             )
+            result["new_audio"] = _new_audio(
+                loaded, info, dm, towers, tracker, settings, audio, reference, ave_path, out, max_frames, progress,
+                truth=truth,
+            )  # fmt: skip
         if tracker is None:
             result["notes"].append("face landmarker unavailable: LMD not measured")
     tmp = out / ".metrics.json.tmp"
@@ -227,12 +222,13 @@ def _new_audio(
     out,
     max_frames,
     progress,
+    *,
+    truth: np.ndarray | None = None,
 ) -> dict:
     from gpu_worker.ave.data import crop_mouth, mouth_boxes
     from gpu_worker.media.frames import load_audio
     from gpu_worker.preprocess.audio import log_mel, mel_windows
 
-    truth = None
     if reference:
         ref = parse_dataset(reference, loaded.spec.resolution)
         feats = ref.audio_features
@@ -289,6 +285,47 @@ def _new_audio(
         "sync": _sync(towers, mel_windows(log_mel(samples), n), np.stack(crops)),
     }
     if truth is not None:
-        res["lip_gap_truth_corr"] = M.pearson(opening, truth[:n])
-        res["truth_envelope_corr"] = M.pearson(truth[:n], env)
+        k = min(n, len(truth))
+        res["lip_gap_truth_corr"] = M.pearson(opening[:k], truth[:k])
+        res["truth_envelope_corr"] = M.pearson(truth[:k], env[:k])
     return res
+
+
+def video_lip_gap(video: str | Path, settings: Settings, max_frames: int | None = None) -> np.ndarray:
+    """Inner-lip gap / eye distance per frame of a video at 25 fps (MediaPipe), gaps interpolated [F]."""
+    from gpu_worker.media.frames import FrameReader
+
+    values: list[float] = []
+    with M.mouth_tracker(settings) as tracker:
+        if tracker is None:
+            raise EvaluationError("the face landmarker is needed to measure the truth video's lips")
+        with FrameReader(video, fps=25, settings=settings) as reader:
+            for k, frame in enumerate(reader):
+                if max_frames is not None and k >= max_frames:
+                    break
+                lms = tracker(frame)
+                values.append(float(M.mouth_opening(lms[None])[0]) if lms is not None else np.nan)
+    arr = np.asarray(values)
+    ok = np.isfinite(arr)
+    if not ok.any():
+        raise EvaluationError(f"no face found in the truth video {video}")
+    return np.interp(np.arange(arr.size), np.flatnonzero(ok), arr[ok])
+
+
+def evaluate(
+    model_dir: str | Path,
+    *,
+    settings: Settings,
+    audio: str | Path | None = None,
+    truth_video: str | Path | None = None,
+    reference: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    **kwargs,
+) -> Path:
+    """Stage function: evaluate and return the path of metrics.json (see evaluate_model)."""
+    out = Path(kwargs.pop("out_dir", None) or Path(model_dir) / "eval")
+    evaluate_model(
+        model_dir, settings, audio=audio, truth_video=truth_video, reference=reference, out_dir=out,
+        progress=progress, **kwargs,
+    )  # fmt: skip
+    return out / "metrics.json"

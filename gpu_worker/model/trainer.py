@@ -386,3 +386,28 @@ def train_model(
             f"{out} already holds a training run; pass --resume to continue it or pick a new folder"
         )
     return trainer.run(stop_after=stop_after)
+
+
+def train(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    *,
+    profile: str = "preview",
+    stages: str | None = None,
+    resume: bool = False,
+    settings=None,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Stage function by profile name (the CLI, the demo and the worker call this). ``settings`` is
+    accepted for the common stage signature; training reads nothing from it yet."""
+    from gpu_worker.model.config import profile_config
+
+    return train_model(
+        dataset_dir,
+        model_dir,
+        profile_config(profile, stages),
+        resume=resume,
+        device=device,
+        progress=progress,
+    )
