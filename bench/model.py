@@ -72,8 +72,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from gpu_worker.model import kernels
     from synthetic import make_synthetic_dataset
+
+    from gpu_worker.model import kernels
 
     print(f"kernels backend: {kernels.backend_name(args.device)}; torch threads {args.threads}")
     with tempfile.TemporaryDirectory() as tmp:
