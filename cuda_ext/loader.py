@@ -8,6 +8,7 @@ Set SYNCTALK_KERNELS_JIT=0 to never compile at run time (use prebuilt or cached 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -43,8 +44,15 @@ def _check_abi(mod: ModuleType) -> ModuleType:
 
 def build(variant: str, verbose: bool = False) -> ModuleType:
     """JIT-compile (or load the up-to-date cached build of) one variant; raises KernelBuildError."""
-    _cuda_env()  # before importing cpp_extension, which otherwise warns that it guessed CUDA_HOME
-    from torch.utils import cpp_extension
+    _cuda_env()  # before importing cpp_extension, which otherwise guesses CUDA_HOME from the nvcc wrapper
+    # Its import logs "No CUDA runtime is found" on CPU hosts: expected here, so keep it quiet.
+    ext_log = logging.getLogger("torch.utils.cpp_extension")
+    level = ext_log.level
+    ext_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        ext_log.setLevel(level)
 
     directory = build_spec.build_dir(variant)
     directory.mkdir(parents=True, exist_ok=True)
