@@ -295,6 +295,10 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def _enter_stage(self, stage: str) -> None:
+        if stage in ("lips", "torso") and "head" not in self.stages_done:
+            raise TrainingError(
+                f"the {stage} stage needs a trained head: include 'head' in --stages, or --resume a run that has it"
+            )
         if stage == "torso":
             # the head is frozen from here on: render it with its EMA weights, as evaluation does
             with torch.no_grad():

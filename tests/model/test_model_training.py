@@ -88,6 +88,15 @@ def test_mismatched_checkpoint_is_refused(synthetic_dataset, synthetic_dataset_b
         train_model(tmp_path / "b", tmp_path / "m", cfg, resume=True)
 
 
+def test_later_stages_need_a_head(synthetic_dataset, tmp_path):
+    with pytest.raises(TrainingError, match="trained head"):
+        train_model(synthetic_dataset, tmp_path / "m", _tiny("torso"))
+    # a finished head run can be extended with the torso by resuming
+    train_model(synthetic_dataset, tmp_path / "h", _tiny("head", head_steps=3))
+    more = train_model(synthetic_dataset, tmp_path / "h", _tiny("torso", torso_steps=2), resume=True)
+    assert more.stages_done == ["head", "torso"] and more.global_step == 5
+
+
 def test_hubert_shaped_features_train(synthetic_dataset, tmp_path):
     ds = tmp_path / "hubert"
     shutil.copytree(synthetic_dataset, ds)
