@@ -205,6 +205,7 @@ def _self_driven(
 
         windows = mel_windows(np.load(mel_path), info.frame_count)[ids]
         res["sync"] = _sync(towers, windows, np.stack(crops))
+        res["sync_confidence"] = res["sync"]["confidence"] if res["sync"] else None
         res["sync_ground_truth"] = _sync(towers, windows, np.stack(gt_crops))
     return res
 
@@ -281,12 +282,13 @@ def _new_audio(
         "source": source,
         "frames": n,
         "mouth_measure": measure,
-        "opening_envelope_corr": M.pearson(opening, env),
+        "mouth_envelope_corr": M.pearson(opening, env),
         "sync": _sync(towers, mel_windows(log_mel(samples), n), np.stack(crops)),
     }
+    res["sync_confidence"] = res["sync"]["confidence"] if res["sync"] else None
     if truth is not None:
         k = min(n, len(truth))
-        res["lip_gap_truth_corr"] = M.pearson(opening[:k], truth[:k])
+        res["lip_gap_corr_truth"] = M.pearson(opening[:k], truth[:k])
         res["truth_envelope_corr"] = M.pearson(truth[:k], env[:k])
     return res
 

@@ -72,6 +72,7 @@ def test_eval_writes_metrics(tiny_model, synthetic_dataset_b, settings, tmp_path
     assert sd["frames"] == 4 and 5 < sd["psnr"] < 60 and -1 <= sd["ssim"] <= 1
     na = m["new_audio"]
     assert na["frames"] == 12
+    assert set(na) >= {"mouth_envelope_corr", "lip_gap_corr_truth", "sync_confidence", "mouth_measure"}
     assert na["truth_envelope_corr"] is not None and na["truth_envelope_corr"] > 0.5  # sanity of the measures
     assert (out / "val_000.png").is_file() and (out / "audio_000.png").is_file()
     assert any("AVE" in n for n in m["notes"])  # no AVE checkpoint here: said so, not faked
