@@ -160,9 +160,10 @@ class Trainer:
             self.global_step = int(payload["global_step"])
             self.history = list(payload.get("history", []))
             stage = payload["stage"]
-            self.gen.set_state(payload["rng"]["gen"])
-            self.march_gen.set_state(payload["rng"]["march"])
-            torch.set_rng_state(payload["rng"]["torch"])
+            # generator states are CPU byte tensors even for a CUDA generator (map_location moved them)
+            self.gen.set_state(payload["rng"]["gen"].cpu())
+            self.march_gen.set_state(payload["rng"]["march"].cpu())
+            torch.set_rng_state(payload["rng"]["torch"].cpu())
             self.scaler.load_state_dict(payload["scaler"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent: {exc}") from exc
