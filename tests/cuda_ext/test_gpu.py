@@ -94,7 +94,9 @@ def test_inference_round(cuda):
     nears, _ = ref.near_far_from_aabb(o, d, tuple(AABB.tolist()), 0.05)
     res = {}
     for dev in ("cpu", "cuda"):
-        alive, rt = torch.arange(n, dtype=torch.int32, device=dev), nears.to(dev)
+        # clone: composite_rays advances rays_t in place, and nears.to("cpu") is nears itself, so without
+        # the copy the CUDA side would start from where the reference round ended (this test's old bug)
+        alive, rt = torch.arange(n, dtype=torch.int32, device=dev), nears.clone().to(dev)
         ws, depth, image = (
             torch.zeros(n, device=dev),
             torch.zeros(n, device=dev),
@@ -109,6 +111,41 @@ def test_inference_round(cuda):
         res[dev] = _cpu([xyzs, ts, alive, rt, ws, depth, image])
     for a, b in zip(res["cpu"], res["cuda"], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert (res["cuda"][1][:, 1] > 0).any() and (res["cuda"][2] == -1).any()  # samples taken, some rays ended
+
+
+def _render_rounds(o, d, bitfield, nears, n_step):
+    """Full inference loop (march, composite, compact) on o's device: ws, depth, image, extras_sum, rounds."""
+    n, dev = o.shape[0], o.device
+    alive, rays_t = torch.arange(n, dtype=torch.int32, device=dev), nears.clone()
+    ws, depth, image, exs = (torch.zeros(n, device=dev), torch.zeros(n, device=dev),
+                             torch.zeros(n, 3, device=dev), torch.zeros(n, 2, device=dev))  # fmt: skip
+    rounds = 0
+    while alive.numel():
+        k = alive.numel()
+        xyzs, dirs, ts = ce.march_rays(k, n_step, alive, rays_t, o, d, AABB, bitfield, grid_size=G)
+        sig = 5 + 20 * xyzs[:, 0].abs()
+        ex = torch.stack([xyzs[:, 1], xyzs.norm(dim=1)], 1)
+        ce.composite_rays(
+            k, n_step, alive, rays_t, sig, torch.sigmoid(xyzs * 3), ts, ws, depth, image, ex, exs
+        )
+        keep = alive >= 0
+        alive, rays_t = alive[keep].contiguous(), rays_t[keep].contiguous()
+        rounds += 1
+    return [ws, depth, image, exs], rounds
+
+
+def test_inference_rounds_with_compaction(cuda):
+    o, d = camera_rays(2000, seed=7)
+    bitfield = ref.packbits(sphere_grid(G), 0.01)
+    nears, _ = ref.near_far_from_aabb(o, d, tuple(AABB.tolist()), 0.05)
+    with kernels("torch"):
+        r, r_rounds = _render_rounds(o, d, bitfield, nears, 4)
+    with kernels(""):
+        c, c_rounds = _render_rounds(o.cuda(), d.cuda(), bitfield.cuda(), nears.cuda(), 4)
+    assert c_rounds == r_rounds > 2
+    for a, b in zip(r, c, strict=True):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("dim, level_dim", [(2, 1), (3, 2)])
