@@ -13,8 +13,10 @@ import torch
 from cuda_ext import (
     HashGridEncoder,
     backend_name,
+    composite_rays,
     composite_rays_train,
     grid_cell_positions,
+    march_rays,
     march_rays_train,
     near_far_from_aabb,
     packbits,
@@ -22,6 +24,8 @@ from cuda_ext import (
 
 __all__ = [
     "backend_name",
+    "composite_rays",
+    "march_rays",
     "composite_rays_train",
     "grid_cell_positions",
     "hash_grid",

@@ -13,7 +13,7 @@ from torch import nn
 from gpu_worker.model.audio_net import AudioNet
 from gpu_worker.model.config import RunConfig
 from gpu_worker.model.field import TriPlaneField
-from gpu_worker.model.renderer import OccupancyGrid, render_head_rays
+from gpu_worker.model.renderer import OccupancyGrid, render_head_rays, render_head_rays_infer
 from gpu_worker.model.torso import TorsoNet
 
 
@@ -112,6 +112,22 @@ class SyncTalkModel(nn.Module):
             generator=generator,
             max_samples=max_samples or self.config.renderer.max_samples_per_ray,
         )
+
+    @torch.no_grad()
+    def render_head_infer(
+        self,
+        rays_o: torch.Tensor,
+        rays_d: torch.Tensor,
+        enc_a: torch.Tensor,
+        exp: torch.Tensor,
+        latent: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Inference rendering (compacting marcher, early ray termination): image [K, 3], alpha [K]."""
+
+        def field_fn(xyz: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self.field(xyz, dirs, enc_a, exp, latent)
+
+        return render_head_rays_infer(field_fn, self.grid, rays_o, rays_d)
 
     def render_torso(self, px: torch.Tensor, pose: torch.Tensor, index: int | None) -> torch.Tensor:
         """Pixels [K, 2] (x, y) -> RGBA [K, 4]."""

@@ -81,9 +81,12 @@ def render_frame(
     plate: torch.Tensor,
     torso_rgba: torch.Tensor | None,
     latent_index: int | None = None,
+    *,
+    compact: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame: pose [4, 4], enc_a [A], exp [7], plate [R, R, 3], torso [R, R, 4] | None (use the
-    model's torso) -> image [R, R, 3], head alpha [R, R]."""
+    model's torso) -> image [R, R, 3], head alpha [R, R]. ``compact``: the inference marcher (rays
+    dropped once opaque); False: the training marcher without jitter (a fixed sample budget)."""
     m, dev = loaded.model, loaded.device
     res = loaded.spec.resolution
     intr = torch.tensor(loaded.spec.intrinsics, dtype=torch.float32)
@@ -98,15 +101,13 @@ def render_frame(
     for s in range(0, px.shape[0], chunk):
         p = px[s : s + chunk]
         o, d = pixel_rays(pose.cpu(), intr, p)
-        head = m.render_head(
-            o.to(dev),
-            d.to(dev),
-            enc_a,
-            exp,
-            latent,
-            perturb=False,
-            max_samples=loaded.config.renderer.infer_max_samples_per_ray,
-        )
+        if compact:
+            head = m.render_head_infer(o.to(dev), d.to(dev), enc_a, exp, latent)
+        else:
+            head = m.render_head(
+                o.to(dev), d.to(dev), enc_a, exp, latent,
+                perturb=False, max_samples=loaded.config.renderer.infer_max_samples_per_ray,
+            )  # fmt: skip
         t = m.render_torso(p.to(dev), pose.to(dev), latent_index) if torso is None else torso[s : s + chunk]
         bg = t[:, :3] * t[:, 3:] + plate[s : s + chunk] * (1 - t[:, 3:])
         image[s : s + chunk] = head["image"] + (1 - head["alpha"])[:, None] * bg

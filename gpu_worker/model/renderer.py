@@ -127,3 +127,57 @@ def render_head_rays(
         "attn_e": extras_sum[:, 2],
         "samples": int(xyzs.shape[0]),
     }
+
+
+@torch.no_grad()
+def render_head_rays_infer(
+    field_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    grid: OccupancyGrid,
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    *,
+    max_rounds_steps: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Inference marching (torch-ngp style): rounds of a few samples for every alive ray, rays that
+    left the box or became opaque (T < T_thresh) are dropped between rounds, so work follows the
+    visible surface instead of a fixed sample budget. Returns image (premultiplied) [K, 3], alpha [K]."""
+    cfg = grid.config
+    k = rays_o.shape[0]
+    dev = rays_o.device
+    nears, fars = kernels.near_far_from_aabb(rays_o, rays_d, grid.aabb, cfg.min_near)
+    weights_sum = torch.zeros(k, device=dev)
+    depth = torch.zeros(k, device=dev)
+    image = torch.zeros(k, 3, device=dev)
+    hit = torch.nonzero(nears < fars).flatten()
+    if hit.numel() == 0:
+        return {"image": image, "alpha": weights_sum, "depth": depth}
+    # march only the rays that meet the box; their accumulators are scattered back at the end
+    o, d = rays_o[hit].contiguous(), rays_d[hit].contiguous()
+    n = hit.numel()
+    acc_w, acc_d, acc_i = (
+        torch.zeros(n, device=dev),
+        torch.zeros(n, device=dev),
+        torch.zeros(n, 3, device=dev),
+    )
+    alive = torch.arange(n, dtype=torch.int32, device=dev)
+    rays_t = nears[hit].contiguous()
+    far = fars[hit].contiguous()
+    budget = max_rounds_steps or cfg.max_steps
+    step = 0
+    while step < budget and alive.numel() > 0:
+        n_alive = alive.numel()
+        n_step = max(min(n // n_alive, 8), 1)
+        xyzs, dirs, ts = kernels.march_rays(
+            n_alive, n_step, alive, rays_t, o, d, grid.aabb, grid.bitfield,
+            grid_size=cfg.grid_size, cascades=1, dt_gamma=cfg.dt_gamma, max_steps=cfg.max_steps, fars=far,
+        )  # fmt: skip
+        out = field_fn(xyzs, dirs)
+        kernels.composite_rays(
+            n_alive, n_step, alive, rays_t, out["sigma"].float(), out["rgb"].float(), ts, acc_w, acc_d, acc_i,
+            T_thresh=cfg.T_thresh,
+        )  # fmt: skip
+        keep = alive >= 0
+        alive, rays_t = alive[keep].contiguous(), rays_t[keep].contiguous()
+        step += n_step
+    weights_sum[hit], depth[hit], image[hit] = acc_w, acc_d, acc_i
+    return {"image": image, "alpha": weights_sum, "depth": depth}

@@ -58,6 +58,32 @@ def test_rendering_follows_the_audio(tiny_model, synthetic_dataset):
     assert np.abs(a - b).max() > 1e-4
 
 
+def test_compacting_marcher_matches_the_training_marcher(tiny_model, synthetic_dataset):
+    import torch
+
+    from gpu_worker.model.render_api import render_frame
+
+    loaded = load_model(tiny_model)
+    info = parse_dataset(synthetic_dataset, loaded.spec.resolution)
+    m = loaded.model
+    with torch.no_grad():
+        feats = torch.from_numpy(info.audio_features[:4])[None]
+        enc_a = m.audio_code(feats)[0]
+    args = (
+        torch.from_numpy(info.poses[2]),
+        enc_a,
+        torch.from_numpy(info.expression[2]),
+        torch.zeros(48, 48, 3),
+        None,
+    )
+    fast, a_fast = render_frame(loaded, *args, compact=True)
+    # the training marcher with a budget large enough to reach the far side of the box: the same samples
+    loaded.config.renderer.infer_max_samples_per_ray = 4096
+    ref, a_ref = render_frame(loaded, *args, compact=False)
+    assert a_ref.max() > 0.5
+    assert (fast - ref).abs().max() < 0.01 and (a_fast - a_ref).abs().max() < 0.01
+
+
 def test_pingpong():
     assert pingpong_indices([5, 6, 7], 7).tolist() == [5, 6, 7, 6, 5, 6, 7]
     assert pingpong_indices([3], 3).tolist() == [3, 3, 3]
