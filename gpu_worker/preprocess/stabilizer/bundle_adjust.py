@@ -1,4 +1,4 @@
-"""Bundle adjustment of head poses, 3D points and focal length (torch, full batch L-BFGS).
+"""Bundle adjustment of head poses, 3D points and focal length (Levenberg-Marquardt, levenberg.py).
 
 Unknowns: per usable frame a rotation correction and a translation; the person's own 3D face shape
 (the landmark points, starting from the canonical face); the 3D point of every rigid keypoint track;
@@ -70,27 +70,6 @@ def backproject_tracks(
     return points
 
 
-def _rodrigues(w):
-    import torch
-
-    theta2 = (w * w).sum(-1, keepdim=True)[..., None]  # [U, 1, 1]
-    theta = torch.sqrt(theta2 + 1e-18)
-    k = torch.zeros(w.shape[0], 3, 3, dtype=w.dtype)
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
-    k = k - k.transpose(1, 2)
-    eye = torch.eye(3, dtype=w.dtype).expand_as(k)
-    # sin(theta)/theta and (1 - cos)/theta^2 with their small-angle limits.
-    a = torch.where(theta < 1e-6, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(theta < 1e-6, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / (theta2 + 1e-30))
-    return eye + a * k + b * (k @ k)
-
-
-def _pseudo_huber(err2, delta: float = HUBER_PX):
-    import torch
-
-    return delta * delta * (torch.sqrt(1 + err2 / (delta * delta)) - 1)
-
-
 def bundle_adjust(
     poses: Poses,
     vertices: np.ndarray,
@@ -100,112 +79,86 @@ def bundle_adjust(
     tracks: Tracks,
     track_points: np.ndarray,
     *,
-    max_iter: int = 150,
+    max_iter: int = 30,
 ) -> BundleResult:
-    """Refine ``poses`` (usable frames) jointly with the face shape, track points and focal length.
+    """Refine ``poses`` (usable frames) jointly with the face shape, track points and focal length
+    (Levenberg-Marquardt, see levenberg.py).
 
     vertices [468, 3] cm; rigidity [468]; landmarks [N, 478, 3] px; usable [N]; tracks + points [J, 3].
     """
-    import torch
+    from gpu_worker.preprocess.stabilizer import levenberg as lm
 
-    dt = torch.float64
     res = poses.resolution
     frames = np.flatnonzero(usable)  # [U]
     slot = np.full(len(usable), -1)
     slot[frames] = np.arange(len(frames))
     lm_ids = np.flatnonzero(rigidity >= MIN_WEIGHT)
-    lm_w = torch.tensor(rigidity[lm_ids], dtype=dt)  # [K]
-    lm_obs = torch.tensor(landmarks[frames][:, lm_ids, :2], dtype=dt)  # [U, K, 2]
-
     ok = np.isfinite(track_points).all(1)
     obs = ok[tracks.track] & (slot[tracks.frame] >= 0)
-    tr_frame = torch.tensor(slot[tracks.frame[obs]], dtype=torch.long)  # [M]
-    tr_id = torch.tensor(tracks.track[obs], dtype=torch.long)  # [M]
-    tr_xy = torch.tensor(tracks.xy[obs], dtype=dt)  # [M, 2]
-
-    r0 = torch.tensor(poses.rotations[frames], dtype=dt)  # [U, 3, 3]
-    t0 = torch.tensor(poses.translations[frames], dtype=dt)  # [U, 3]
-    shape0 = torch.tensor(vertices[lm_ids], dtype=dt)  # [K, 3]
-    pts0 = torch.tensor(np.nan_to_num(track_points), dtype=dt)  # [J, 3]
     z = float(np.median(poses.translations[frames, 2]))
     px_per_rad = poses.focal * 8.0 / z  # a point 8 cm from the head centre
     px_per_cm = poses.focal / z
-
-    w = torch.zeros(len(frames), 3, dtype=dt, requires_grad=True)
-    t = t0.clone().requires_grad_(True)
-    log_f = torch.tensor(np.log(poses.focal), dtype=dt, requires_grad=True)
-    shape = shape0.clone().requires_grad_(True)
-    pts = pts0.clone().requires_grad_(True)
     n_u = max(1, len(frames))
+    problem = lm.Problem(
+        lm_obs=landmarks[frames][:, lm_ids, :2].astype(np.float64),  # [U, K, 2]
+        lm_weight=LANDMARK_WEIGHT * rigidity[lm_ids].astype(np.float64) / n_u,  # [K]
+        tr_frame=slot[tracks.frame[obs]],  # [M]
+        tr_point=tracks.track[obs].astype(np.int64),  # [M]
+        tr_obs=tracks.xy[obs].astype(np.float64),  # [M, 2]
+        tr_weight=1.0 / n_u,
+        # Only across runs of consecutive frames: a gap is not a jump to smooth over.
+        smooth_mask=((frames[2:] - frames[:-2]) == 2).astype(np.float64),  # [U - 2]
+        smooth_rot=SMOOTH_WEIGHT * px_per_rad**2 / n_u,
+        smooth_trans=SMOOTH_WEIGHT * px_per_cm**2 / n_u,
+        shape0=vertices[lm_ids].astype(np.float64),
+        points0=np.nan_to_num(track_points).astype(np.float64),
+        shape_prior=SHAPE_PRIOR,
+        point_prior=POINT_PRIOR,
+        huber=HUBER_PX,
+        centre=res / 2,
+    )
+    start = lm.State(
+        rot=poses.rotations[frames].astype(np.float64),
+        trans=poses.translations[frames].astype(np.float64),
+        shape=problem.shape0.copy(),
+        points=problem.points0.copy(),
+        log_f=float(np.log(poses.focal)),
+    )
+    state, figures = lm.solve(problem, start, max_iter=max_iter)
 
-    def terms():
-        rot = _rodrigues(w) @ r0  # [U, 3, 3]
-        f = torch.exp(log_f)
-        cam = torch.einsum("uij,kj->uki", rot, shape) + t[:, None, :]  # [U, K, 3]
-        uv = f * cam[..., :2] / cam[..., 2:3] + res / 2
-        lm_cost = (_pseudo_huber(((uv - lm_obs) ** 2).sum(-1)) * lm_w).sum()
-        tr_cam = torch.einsum("mij,mj->mi", rot[tr_frame], pts[tr_id]) + t[tr_frame]  # [M, 3]
-        tr_uv = f * tr_cam[:, :2] / tr_cam[:, 2:3] + res / 2
-        tr_err2 = ((tr_uv - tr_xy) ** 2).sum(-1)
-        tr_cost = _pseudo_huber(tr_err2).sum()
-        smooth = torch.zeros((), dtype=dt)
-        if len(frames) >= 3:
-            # Only across runs of consecutive frames: a gap is not a jump to smooth over.
-            consecutive = torch.tensor((frames[2:] - frames[:-2]) == 2)
-            d2r = (rot[2:] - 2 * rot[1:-1] + rot[:-2]).pow(2).sum((-1, -2)) * px_per_rad**2
-            d2t = (t[2:] - 2 * t[1:-1] + t[:-2]).pow(2).sum(-1) * px_per_cm**2
-            smooth = ((d2r + d2t) * consecutive).sum()
-        prior = SHAPE_PRIOR * ((shape - shape0) ** 2).sum() + POINT_PRIOR * ((pts - pts0) ** 2).sum()
-        total = (tr_cost + LANDMARK_WEIGHT * lm_cost + SMOOTH_WEIGHT * smooth) / n_u + prior
-        return total, rot, uv, tr_err2
+    def reprojection(st: lm.State) -> tuple[np.ndarray, np.ndarray]:
+        f = np.exp(st.log_f)
+        cam = np.einsum("uij,kj->uki", st.rot, st.shape) + st.trans[:, None]  # [U, K, 3]
+        lm_err = np.linalg.norm(f * cam[..., :2] / cam[..., 2:] + res / 2 - problem.lm_obs, axis=-1)
+        fr, pt = problem.tr_frame, problem.tr_point
+        tr_cam = np.einsum("mij,mj->mi", st.rot[fr], st.points[pt]) + st.trans[fr]  # [M, 3]
+        tr_err = np.linalg.norm(f * tr_cam[:, :2] / tr_cam[:, 2:] + res / 2 - problem.tr_obs, axis=-1)
+        return lm_err[:, rigidity[lm_ids] >= 1.0], tr_err  # rigid landmarks [U, K'], tracks [M]
 
-    with torch.no_grad():
-        _, _, uv_before, tr_before = terms()
-    optimizer = torch.optim.LBFGS(
-        [w, t, log_f, shape, pts], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe",
-    )  # fmt: skip
-
-    def closure():
-        optimizer.zero_grad()
-        loss = terms()[0]
-        loss.backward()
-        return loss
-
-    # The tensors are small ([U, K, 3]): one thread beats several (thread hand-off costs more than the math).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        optimizer.step(closure)
-    finally:
-        torch.set_num_threads(threads)
-    with torch.no_grad():
-        loss, rot, uv_after, tr_after = terms()
-
-    rigid = torch.tensor(rigidity[lm_ids] >= 1.0)
-    err_before = (uv_before - lm_obs).norm(dim=-1)[:, rigid]
-    err_after = (uv_after - lm_obs).norm(dim=-1)[:, rigid]
+    lm_before, tr_before = reprojection(start)
+    lm_after, tr_after = reprojection(state)
+    focal = float(np.exp(state.log_f))
     rot_all = poses.rotations.copy()
     trans_all = poses.translations.copy()
-    rot_all[frames] = rot.numpy()
-    trans_all[frames] = t.detach().numpy()
+    rot_all[frames] = state.rot
+    trans_all[frames] = state.trans
     nearest = frames[np.clip(np.searchsorted(frames, np.arange(len(usable))), 0, len(frames) - 1)]
     rot_all[~usable] = rot_all[nearest[~usable]]
     trans_all[~usable] = trans_all[nearest[~usable]]
     refined_shape = vertices.copy()
-    refined_shape[lm_ids] = shape.detach().numpy()
+    refined_shape[lm_ids] = state.shape
     points = np.full_like(track_points, np.nan)
-    points[ok] = pts.detach().numpy()[ok]
+    points[ok] = state.points[ok]
+    median = lambda x: float(np.median(x)) if x.size else None  # noqa: E731
     stats = {
-        "landmark_reprojection_px_before": float(err_before.median()) if err_before.numel() else None,
-        "landmark_reprojection_px_after": float(err_after.median()) if err_after.numel() else None,
-        "track_reprojection_px_before": float(tr_before.sqrt().median()) if tr_before.numel() else None,
-        "track_reprojection_px_after": float(tr_after.sqrt().median()) if tr_after.numel() else None,
+        "landmark_reprojection_px_before": median(lm_before),
+        "landmark_reprojection_px_after": median(lm_after),
+        "track_reprojection_px_before": median(tr_before),
+        "track_reprojection_px_after": median(tr_after),
         "focal_before": poses.focal,
-        "focal_after": float(torch.exp(log_f.detach())),
+        "focal_after": focal,
         "tracks_used": int(ok.sum()),
         "track_observations": int(obs.sum()),
-        "final_cost": float(loss),
+        **figures,
     }
-    refined = Poses(rot_all, trans_all, float(torch.exp(log_f.detach())), res)
-    return BundleResult(refined, refined_shape, points, stats)
+    return BundleResult(Poses(rot_all, trans_all, focal, res), refined_shape, points, stats)
