@@ -1,0 +1,42 @@
+"""Job states and stages shared by the API, the workers and the dashboard."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. The current stage and progress are separate fields."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.succeeded, JobState.failed, JobState.canceled)
+
+
+class JobKind(StrEnum):
+    """The work a job does; each kind has one registered handler in the workers."""
+
+    ingest = "ingest"
+    preprocess = "preprocess"
+    train = "train"
+    render = "render"
+
+
+# Allowed transitions: anything else is a bug (a redelivered task must not resurrect a finished job).
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.queued: frozenset({JobState.running, JobState.canceled, JobState.failed}),
+    JobState.running: frozenset({JobState.queued, JobState.succeeded, JobState.failed, JobState.canceled}),
+    JobState.succeeded: frozenset(),
+    JobState.failed: frozenset(),
+    JobState.canceled: frozenset(),
+}
+
+
+def can_transition(old: JobState, new: JobState) -> bool:
+    return new in TRANSITIONS[old]
