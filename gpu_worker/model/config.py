@@ -342,9 +342,9 @@ def _preview() -> RunConfig:
         torso=TorsoConfig(num_levels=6, base_resolution=8, desired_resolution=128, hidden_dim=32),
         data=DataConfig(resolution=128, rays_per_batch=2048, patch_size=24, patches_per_batch=1),
         trainer=TrainerConfig(
-            head_steps=2500,
-            lips_steps=400,
-            torso_steps=500,
+            head_steps=2000,
+            lips_steps=300,
+            torso_steps=300,
             checkpoint_every=500,
             log_every=50,
             ema_decay=0.9,

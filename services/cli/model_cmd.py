@@ -115,6 +115,11 @@ def train(
     help="A second preprocessed clip: its audio drives the model, its lips are the truth.",
 )
 @click.option(
+    "--truth-video",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The video that goes with --audio: its lip gap (MediaPipe) is the truth.",
+)
+@click.option(
     "--dataset",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Override the training dataset path.",
@@ -133,7 +138,7 @@ def train(
     help="Output folder (default MODEL_DIR/eval).",
 )
 @click.option("--device", default=None, help="cpu or cuda.")
-def evaluate(model_dir: Path, audio, reference, dataset, ave, max_frames, out, device) -> None:
+def evaluate(model_dir: Path, audio, reference, truth_video, dataset, ave, max_frames, out, device) -> None:
     """Evaluate a trained model: PSNR/SSIM/LMD/sync on validation frames; sync and lip motion on new audio."""
     from gpu_worker.model.evaluate import evaluate_model
     from shared.settings import get_settings
@@ -141,7 +146,7 @@ def evaluate(model_dir: Path, audio, reference, dataset, ave, max_frames, out, d
     bar, progress = _bar_progress()
     try:
         result = evaluate_model(
-            model_dir, get_settings(), dataset=dataset, audio=audio, reference=reference,
+            model_dir, get_settings(), dataset=dataset, audio=audio, reference=reference, truth_video=truth_video,
             ave_checkpoint=ave, out_dir=out, max_frames=max_frames, device=device, progress=progress,
         )  # fmt: skip
     finally:
