@@ -166,6 +166,20 @@ def test_hash_encode_float32(cuda, dim, level_dim):
     torch.testing.assert_close(gc[1].cpu(), gr[1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dim, log2_rows", [(2, 14), (3, 12)])
+def test_hash_table_grad_large_batch(cuda, dim, log2_rows):
+    """Enough points that the table gradient of levels whose rows fit shared memory is summed per block."""
+    spec = make_grid_spec(dim, 12, 2, log2_rows, 64, 512)
+    g = torch.Generator().manual_seed(1)
+    emb = torch.rand(spec.offsets[-1], 2, generator=g) * 2 - 1
+    x = torch.rand(300000, dim, generator=g)
+    er, ec = emb.clone().requires_grad_(), emb.cuda().requires_grad_()
+    up = torch.randn(x.shape[0], 24, generator=g)
+    (gr,) = torch.autograd.grad(ref.hash_encode(x, er, spec), [er], up)
+    (gc,) = torch.autograd.grad(ce.hash_encode(x.cuda(), ec, spec), [ec], up.cuda())
+    torch.testing.assert_close(gc.cpu(), gr, rtol=1e-4, atol=1e-3)
+
+
 def test_hash_encode_float16_table(cuda):
     enc = ce.TriPlaneEncoder(num_levels=12, level_dim=2, log2_hashmap_size=14, dtype=torch.float16).cuda()
     with torch.no_grad():
