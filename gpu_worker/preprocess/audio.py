@@ -143,6 +143,22 @@ def _ave_features(windows: np.ndarray, checkpoint: Path) -> np.ndarray:
     return feats.astype(np.float32)
 
 
+def encoder_weights_id(encoder: str, settings: Settings, ave_checkpoint: Path | None = None) -> str:
+    """A short identity of the weights ``encoder`` would use (paths, sizes, modification times), so a
+    cached dataset is redone when the weights change; "" for ``mel`` or where there are none."""
+    from gpu_worker.preprocess.hubert import WEIGHT_FILES, hubert_dir
+
+    if encoder == "hubert":
+        folder = hubert_dir(settings)
+        files = [folder / "config.json"] + [folder / name for name in WEIGHT_FILES]
+    elif encoder == "ave" and ave_checkpoint is not None:
+        files = [Path(ave_checkpoint)]
+    else:
+        return ""
+    parts = [f"{f}:{st.st_size}:{st.st_mtime_ns}" for f in files if f.is_file() and (st := f.stat())]
+    return "|".join(parts) or str(files[0])
+
+
 def compute_audio_features(
     audio_path: Path,
     encoder: str,

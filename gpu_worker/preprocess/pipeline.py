@@ -79,7 +79,8 @@ def run_preprocess(
             "min_train_seconds": settings.min_train_seconds,
         },
     )
-    final_key = chain_key(base, "features", {"encoder": audio_encoder, "ave": str(ave_checkpoint or "")})
+    weights_id = audio_mod.encoder_weights_id(audio_encoder, settings, ave_checkpoint)
+    final_key = chain_key(base, "features", {"encoder": audio_encoder, "weights": weights_id})
     published: frozenset[str] = frozenset()
     staging = _staging_dir(out_dir)
     if (out_dir / "manifest.json").is_file():
@@ -90,7 +91,7 @@ def run_preprocess(
         if old.get("cache_key") == final_key:
             notify("done", 1.0, "dataset already up to date")
             return out_dir
-        keys = StepRunner.step_keys(base, audio_encoder, ave_checkpoint)
+        keys = StepRunner.step_keys(base, audio_encoder, weights_id)
         same = [name for name, key in old.get("step_keys", {}).items() if keys.get(name) == key]
         if same and (out_dir / STEPS_DIR).is_dir():
             # Only later steps changed (typically the audio encoder): start from a hard-linked copy of
@@ -102,7 +103,7 @@ def run_preprocess(
     staging.mkdir(parents=True, exist_ok=True)
     runner = StepRunner(video, info, staging, settings, resolution, notify)
     try:
-        runner.run_all(base, audio_encoder, ave_checkpoint, published=published)
+        runner.run_all(base, audio_encoder, ave_checkpoint, weights_id=weights_id, published=published)
     except SyncTalkError:
         # Bad input: a rerun cannot do better, so nothing is kept. Any other failure (a crash, an
         # interrupt) keeps the finished steps in the staging folder for the rerun to resume from.

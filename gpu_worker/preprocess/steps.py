@@ -85,8 +85,9 @@ class StepRunner:
 
     # ---- orchestration ----
     @staticmethod
-    def plan(encoder: str, ave_checkpoint: Path | None) -> list[tuple[str, dict, list[str]]]:
-        """(step, the parameters its key adds, its outputs) in run order."""
+    def plan(encoder: str, weights_id: str) -> list[tuple[str, dict, list[str]]]:
+        """(step, the parameters its key adds, its outputs) in run order. ``weights_id`` names the
+        encoder's weights (path, size, time: see audio.encoder_weights_id), so new weights redo audio."""
         return [
             ("track", {}, [f"{WORK}/track.json"]),
             ("analyze", {}, ["frames", f"{WORK}/raw_face.npz"]),
@@ -96,30 +97,36 @@ class StepRunner:
             ("stabilize", {}, ["transforms_train.json", "transforms_val.json", f"{WORK}/poses.npz"]),
             (
                 "audio",
-                {"encoder": encoder, "ave": str(ave_checkpoint or "")},
+                {"encoder": encoder, "weights": weights_id},
                 ["audio.wav", "mel.npy", "audio_features.npy"],
             ),
         ]
 
     @classmethod
-    def step_keys(cls, base: str, encoder: str, ave_checkpoint: Path | None) -> dict[str, str]:
+    def step_keys(cls, base: str, encoder: str, weights_id: str) -> dict[str, str]:
         """Each step's chained key: it changes when anything the step or an earlier one reads changes."""
         keys, key = {}, base
-        for name, params, _ in cls.plan(encoder, ave_checkpoint):
+        for name, params, _ in cls.plan(encoder, weights_id):
             key = keys[name] = chain_key(key, name, params)
         return keys
 
     def run_all(
-        self, base: str, encoder: str, ave_checkpoint: Path | None, *, published: frozenset = frozenset()
+        self,
+        base: str,
+        encoder: str,
+        ave_checkpoint: Path | None,
+        *,
+        weights_id: str = "",
+        published: frozenset = frozenset(),
     ) -> None:
         """Run the steps, skipping those whose record matches. Steps in ``published`` come from a
         published dataset, whose intermediates (``.work``) are gone: their records and dataset files are
         trusted without them."""
         self._ave_checkpoint = ave_checkpoint
         self._encoder = encoder
-        keys = self.step_keys(base, encoder, ave_checkpoint)
+        keys = self.step_keys(base, encoder, weights_id)
         self.reused: list[str] = []
-        for name, _params, outputs in self.plan(encoder, ave_checkpoint):
+        for name, _params, outputs in self.plan(encoder, weights_id):
             key = keys[name]
             if name in published:
                 outputs = [o for o in outputs if not o.startswith(WORK)]

@@ -153,6 +153,17 @@ def test_encoder_change_on_a_published_dataset_redoes_only_audio(tiny_sample, tm
     assert (out / "frames" / "000000.jpg").stat().st_ino == frame_inode
     assert (out / "gt" / "000010.png").read_bytes() == gt_bytes
     assert not list(tmp_path.glob(".ds.*"))  # no staging or old copy left behind
+    # New weights in the same folder: the features are redone, nothing else.
+    import os
+
+    weights = settings.model_dir / HUBERT_DIR_NAME / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    events.clear()
+    run_preprocess(
+        tiny_sample / "subject.mp4", out, settings, resolution=96, audio_encoder="hubert",
+        progress=lambda *e: events.append(e),
+    )  # fmt: skip
+    assert [e[0] for e in events if e[2].endswith("started")] == ["audio"]
     # Back to mel: again only the audio step runs.
     events.clear()
     run_preprocess(
