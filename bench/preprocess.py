@@ -64,21 +64,37 @@ def main() -> None:
                 peak["bytes"] = max(peak["bytes"], _du(staging))
             time.sleep(0.5)
 
+    # CPU seconds per step (all threads of this process): steadier than wall time on a shared machine.
+    cpu: dict[str, float] = {}
+    began: dict[str, float] = {}
+
+    def progress(step: str, fraction: float, message: str) -> None:
+        if message.endswith("started"):
+            began[step] = time.process_time()
+        elif fraction == 1.0 and step in began:
+            cpu[step] = time.process_time() - began[step]
+
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    start = time.perf_counter()
-    ds = run_preprocess(sample.video, tmp / "ds", settings, resolution=args.resolution)
-    wall = time.perf_counter() - start
+    load_before = os.getloadavg()[0]
+    start, cpu_start = time.perf_counter(), time.process_time()
+    ds = run_preprocess(sample.video, tmp / "ds", settings, resolution=args.resolution, progress=progress)
+    wall, cpu_total = time.perf_counter() - start, time.process_time() - cpu_start
     stop.set()
     watcher.join()
 
     report = json.loads((ds / "report.json").read_text())
     n = report["frame_count"]
     print(f"sample: {args.seconds:g} s, {args.size} px source, {n} frames, dataset at {args.resolution} px")
-    print(f"{'step':<10} {'s':>7} {'ms/frame':>9}")
+    print(f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores)")
+    print(f"{'step':<10} {'s':>7} {'ms/frame':>9} {'cpu ms/frame':>13}")
     for step, sec in report["seconds"].items():
-        print(f"{step:<10} {sec:7.2f} {1000 * sec / n:9.1f}")
-    print(f"{'total':<10} {wall:7.2f} {1000 * wall / n:9.1f}   (wall clock, incl. probe and hashing)")
+        print(f"{step:<10} {sec:7.2f} {1000 * sec / n:9.1f} {1000 * cpu.get(step, 0.0) / n:13.1f}")
+    print(
+        f"{'total':<10} {wall:7.2f} {1000 * wall / n:9.1f} {1000 * cpu_total / n:13.1f}"
+        "   (wall clock, incl. probe and hashing)"
+    )
+    print(f"bundle adjustment: {report['pose'].get('iterations')} iterations")
 
     truth = load_truth(sample.truth)
     frames = []
