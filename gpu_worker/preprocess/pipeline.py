@@ -50,6 +50,13 @@ def run_preprocess(
         raise AudioEncoderError(
             f"unknown audio encoder {audio_encoder!r}; choose one of {', '.join(audio_mod.ENCODERS)}"
         )
+    # Missing encoder weights fail now, not after minutes of video work.
+    if audio_encoder == "hubert":
+        from gpu_worker.preprocess.hubert import check_hubert_dir, hubert_dir
+
+        check_hubert_dir(hubert_dir(settings))
+    if audio_encoder == "ave" and ave_checkpoint is not None and not Path(ave_checkpoint).is_file():
+        raise AudioEncoderError(f"AVE checkpoint not found: {ave_checkpoint}")
     if resolution < 64 or resolution > 2048 or resolution % 2:
         raise DatasetError(
             f"resolution must be an even number of pixels between 64 and 2048, got {resolution}"

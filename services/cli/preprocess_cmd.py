@@ -39,10 +39,14 @@ def preprocess(
     from gpu_worker.preprocess import run_preprocess
     from shared.settings import get_settings
 
-    bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+    # Created at the first progress event, so input refused up front prints only its error line.
+    bar = None
     state = {"step": ""}
 
     def progress(step: str, fraction: float, message: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}")
         if step != state["step"]:
             state["step"] = step
             bar.set_description(step)
@@ -56,7 +60,8 @@ def preprocess(
             ave_checkpoint=ave_checkpoint, progress=progress,
         )  # fmt: skip
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     report = json.loads((out / "report.json").read_text())
     pose = report["pose"]
     click.echo(f"dataset: {out}")
@@ -66,5 +71,7 @@ def preprocess(
         f"{pose['landmark_reprojection_px_after']:.2f} px; jitter {pose['rotation_jitter_deg_before']:.3f} -> "
         f"{pose['rotation_jitter_deg_after']:.3f} deg"
     )
+    if report.get("reused_steps"):
+        click.echo(f"unchanged steps kept from the earlier run: {', '.join(report['reused_steps'])}")
     for w in report["warnings"]:
         click.echo(f"warning: {w}")

@@ -235,6 +235,18 @@ def test_unknown_encoder_and_foreign_out_dir_are_refused(tiny_sample, tmp_path):
     s = tiny_settings(tmp_path)
     with pytest.raises(PreprocessError, match="unknown audio encoder"):
         run_preprocess(tiny_sample / "subject.mp4", tmp_path / "ds", s, audio_encoder="nope")
+    # Absent encoder weights are refused before any video work (no staging folder is made).
+    with pytest.raises(PreprocessError, match="hubert encoder needs"):
+        run_preprocess(tiny_sample / "subject.mp4", tmp_path / "ds", s, audio_encoder="hubert")
+    with pytest.raises(PreprocessError, match="AVE checkpoint not found"):
+        run_preprocess(
+            tiny_sample / "subject.mp4",
+            tmp_path / "ds",
+            s,
+            audio_encoder="ave",
+            ave_checkpoint=tmp_path / "x.pt",
+        )
+    assert not list(tmp_path.glob(".ds*")) and not (tmp_path / "ds").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")
     with pytest.raises(PreprocessError, match="not a dataset"):
