@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--size", type=int, default=512, help="sample video side (px)")
     ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--keep", action="store_true", help="keep the sample and dataset (printed path)")
     args = ap.parse_args()
 
     from gpu_worker.preprocess import run_preprocess
@@ -126,6 +128,10 @@ def main() -> None:
     print(
         f"dataset {size / 2**20:.1f} MiB, staging peak {peak['bytes'] / 2**20:.1f} MiB ({peak['bytes'] / max(1, size):.2f}x)"
     )
+    if args.keep:
+        print(f"kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)  # ~200 MB per run otherwise left in /tmp
 
 
 if __name__ == "__main__":
