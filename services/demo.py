@@ -53,7 +53,7 @@ def main(out_dir: Path, seconds: float, size: int, profile: str) -> None:
         make_sample(clip, seconds=seconds, size=size, seed=0, settings=settings, progress=_progress)
     new_audio = out_dir / "sample_new_audio"
     if not (new_audio / "truth.json").exists():
-        make_sample(new_audio, seconds=8.0, size=size, seed=1, settings=settings, progress=_progress)
+        make_sample(new_audio, seconds=10.0, size=size, seed=1, settings=settings, progress=_progress)
     produced["training clip"] = clip / "subject.mp4"
     produced["new speech + its ground truth"] = new_audio / "subject.mp4"
     click.echo(f"\n  done in {time.perf_counter() - t:.1f} s")
