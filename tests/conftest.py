@@ -18,19 +18,8 @@ def _model_sources() -> str:
     return env or (str(SHARED_MODELS) if SHARED_MODELS.is_dir() else "")
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings with every writable path under the test's own temporary folder."""
-    return Settings(
-        environment="test",
-        data_dir=tmp_path / "data",
-        model_dir=tmp_path / "models",
-        model_sources=_model_sources(),
-        model_download=False,
-    )
-
-
-def _sample_settings(root: Path) -> Settings:
+def isolated_settings(root: Path) -> Settings:
+    """Settings with every writable path under ``root``; model files come from local sources only."""
     return Settings(
         environment="test",
         data_dir=root / "data",
@@ -40,13 +29,19 @@ def _sample_settings(root: Path) -> Settings:
     )
 
 
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with every writable path under the test's own temporary folder."""
+    return isolated_settings(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def sample_subject(tmp_path_factory):
     """A 6 s, 256 px sample clip (seed 0), made once per session: .video, .speech, .truth, .n_frames."""
     from gpu_worker.sample import make_sample
 
     root = tmp_path_factory.mktemp("sample_subject")
-    return make_sample(root / "clip", seconds=6.0, size=256, seed=0, settings=_sample_settings(root))
+    return make_sample(root / "clip", seconds=6.0, size=256, seed=0, settings=isolated_settings(root))
 
 
 @pytest.fixture(scope="session")
@@ -55,4 +50,4 @@ def sample_subject_b(tmp_path_factory):
     from gpu_worker.sample import make_sample
 
     root = tmp_path_factory.mktemp("sample_subject_b")
-    return make_sample(root / "clip_b", seconds=6.0, size=256, seed=1, settings=_sample_settings(root))
+    return make_sample(root / "clip_b", seconds=6.0, size=256, seed=1, settings=isolated_settings(root))
