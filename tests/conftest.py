@@ -14,8 +14,18 @@ SHARED_MODELS = REPO.parent / "shared" / "models"
 
 
 def _model_sources() -> str:
-    env = os.environ.get("SYNCTALK_MODEL_SOURCES", "")
-    return env or (str(SHARED_MODELS) if SHARED_MODELS.is_dir() else "")
+    """Local folders tests copy model files from (never the network): SYNCTALK_MODEL_SOURCES, the
+    ../shared/models folder when it is beside the checkout, and the user's model dir that
+    `make test` filled with `synctalk models fetch` (so the suite does not depend on ../shared)."""
+    folders = [p for p in os.environ.get("SYNCTALK_MODEL_SOURCES", "").split(os.pathsep) if p]
+    if SHARED_MODELS.is_dir():
+        folders.append(str(SHARED_MODELS))
+    folders.append(str(Settings().model_dir))
+    return os.pathsep.join(dict.fromkeys(folders))
+
+
+# Every test (and helper that builds its own Settings from the environment) sees the same local sources.
+os.environ["SYNCTALK_MODEL_SOURCES"] = _model_sources()
 
 
 def isolated_settings(root: Path) -> Settings:
