@@ -131,3 +131,19 @@ class TriPlaneField(nn.Module):
         # uncertainty sees the geometry only (detached) so it cannot reshape the scene to lower its loss
         out["unc"] = nn.functional.softplus(self.unc_net(out["enc_x"].detach()))[:, 0]  # [M]
         return out
+
+    def infer(
+        self,
+        xyz: torch.Tensor,
+        dirs: torch.Tensor,
+        enc_a: torch.Tensor,
+        exp: torch.Tensor,
+        latent: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Rendering only: sigma [M] and rgb [M, 3], without the uncertainty and attention outputs
+        training needs. Conditions per frame ([A], [7], [L]) or per point ([M, A], [M, 7], [M, L])."""
+        out = self.density(xyz, enc_a, exp)
+        sh = sh_encode(dirs, self.config.sh_degree)  # [M, deg^2]
+        lat = latent.expand(xyz.shape[0], -1)
+        rgb = torch.sigmoid(self.color_net(torch.cat([sh, out["geo"], lat], -1)))  # [M, 3]
+        return {"sigma": out["sigma"], "rgb": rgb}

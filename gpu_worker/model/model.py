@@ -113,7 +113,7 @@ class SyncTalkModel(nn.Module):
             max_samples=max_samples or self.config.renderer.max_samples_per_ray,
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def render_head_infer(
         self,
         rays_o: torch.Tensor,
@@ -121,13 +121,21 @@ class SyncTalkModel(nn.Module):
         enc_a: torch.Tensor,
         exp: torch.Tensor,
         latent: torch.Tensor,
+        group: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Inference rendering (compacting marcher, early ray termination): image [K, 3], alpha [K]."""
+        """Inference rendering (compacting marcher, early ray termination): image [K, 3], alpha [K].
 
-        def field_fn(xyz: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self.field(xyz, dirs, enc_a, exp, latent)
+        One frame: enc_a [A], exp [7], latent [L]. Several frames in one march: enc_a [B, A],
+        exp [B, 7], latent [B, L] and ``group`` [K] (each ray's frame in 0..B-1)."""
+        if group is None:
+            enc_a, exp, latent = enc_a.reshape(1, -1), exp.reshape(1, -1), latent.reshape(1, -1)
 
-        return render_head_rays_infer(field_fn, self.grid, rays_o, rays_d)
+        def field_fn(xyz: torch.Tensor, dirs: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+            if enc_a.shape[0] == 1:  # one frame: broadcast, no per-point gather
+                return self.field.infer(xyz, dirs, enc_a[0], exp[0], latent[0])
+            return self.field.infer(xyz, dirs, enc_a[g], exp[g], latent[g])
+
+        return render_head_rays_infer(field_fn, self.grid, rays_o, rays_d, group)
 
     def render_torso(self, px: torch.Tensor, pose: torch.Tensor, index: int | None) -> torch.Tensor:
         """Pixels [K, 2] (x, y) -> RGBA [K, 4]."""

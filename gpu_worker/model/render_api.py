@@ -72,6 +72,66 @@ class FrameBatch:
 TorsoSource = Callable[[int], torch.Tensor]  # frame number in the sequence -> [R, R, 4] RGBA
 
 
+# Rays marched together: one march over a whole frame (or several) makes a few dozen field calls
+# instead of a few dozen per chunk. A round evaluates at most as many samples as there are rays
+# (n_alive * n_step <= K), each costing ~2 KB of field activations: 128 Ki rays ~ 256 MB.
+INFER_BYTES = 256 * 2**20
+BYTES_PER_SAMPLE = 2048
+
+
+def infer_chunk_rays(loaded: LoadedModel) -> int:
+    """Rays per inference march: from the byte budget, never fewer than the training chunk."""
+    return max(loaded.config.renderer.chunk_rays, INFER_BYTES // BYTES_PER_SAMPLE)
+
+
+@torch.inference_mode()
+def render_batch(
+    loaded: LoadedModel,
+    poses: torch.Tensor,
+    enc_a: torch.Tensor,
+    exp: torch.Tensor,
+    plate: torch.Tensor,
+    torso_rgba: torch.Tensor | None,
+    latent_indices: Sequence[int | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B frames marched together: poses [B, 4, 4], enc_a [B, A], exp [B, 7], plate [R, R, 3],
+    torso [B, R, R, 4] | None (the model's torso) -> images [B, R, R, 3], head alpha [B, R, R]."""
+    m, dev = loaded.model, loaded.device
+    res, nb = loaded.spec.resolution, poses.shape[0]
+    intr = torch.tensor(loaded.spec.intrinsics, dtype=torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+    px = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float()  # [R*R, 2]
+    rays = [pixel_rays(poses[b].cpu(), intr, px) for b in range(nb)]
+    rays_o = torch.cat([r[0] for r in rays]).to(dev)  # [B*R*R, 3]
+    rays_d = torch.cat([r[1] for r in rays]).to(dev)
+    group = torch.arange(nb, device=dev).repeat_interleave(res * res)  # [B*R*R]
+    latent = torch.stack([m.head_latent(i) for i in latent_indices])  # [B, L]
+    enc_a, exp = enc_a.to(dev), exp.to(dev)
+    image = torch.empty(nb * res * res, 3, device=dev)
+    alpha = torch.empty(nb * res * res, device=dev)
+    chunk = infer_chunk_rays(loaded)
+    for s in range(0, rays_o.shape[0], chunk):
+        g = group[s : s + chunk]
+        g0 = int(g[0])  # frames of this chunk: g0..; the conditions are indexed from g0
+        g1 = int(g[-1]) + 1
+        head = m.render_head_infer(
+            rays_o[s : s + chunk], rays_d[s : s + chunk], enc_a[g0:g1], exp[g0:g1], latent[g0:g1], g - g0
+        )
+        image[s : s + chunk], alpha[s : s + chunk] = head["image"], head["alpha"]
+    if torso_rgba is None:
+        px_d = px.to(dev)
+        torso = torch.stack(
+            [m.render_torso(px_d, poses[b].to(dev), latent_indices[b]) for b in range(nb)]
+        )  # [B, R*R, 4]
+    else:
+        torso = torso_rgba.reshape(nb, -1, 4).to(dev)
+    bg = torso[..., :3] * torso[..., 3:] + plate.reshape(1, -1, 3).to(dev) * (1 - torso[..., 3:])
+    image = image.reshape(nb, -1, 3)
+    alpha = alpha.reshape(nb, -1)
+    out = image + (1 - alpha)[..., None] * bg
+    return out.reshape(nb, res, res, 3).clamp(0, 1), alpha.reshape(nb, res, res)
+
+
 @torch.no_grad()
 def render_frame(
     loaded: LoadedModel,
@@ -87,6 +147,12 @@ def render_frame(
     """One frame: pose [4, 4], enc_a [A], exp [7], plate [R, R, 3], torso [R, R, 4] | None (use the
     model's torso) -> image [R, R, 3], head alpha [R, R]. ``compact``: the inference marcher (rays
     dropped once opaque); False: the training marcher without jitter (a fixed sample budget)."""
+    if compact:
+        img, a = render_batch(
+            loaded, pose[None], enc_a[None], exp[None], plate,
+            None if torso_rgba is None else torso_rgba[None], [latent_index],
+        )  # fmt: skip
+        return img[0], a[0]
     m, dev = loaded.model, loaded.device
     res = loaded.spec.resolution
     intr = torch.tensor(loaded.spec.intrinsics, dtype=torch.float32)
@@ -101,13 +167,10 @@ def render_frame(
     for s in range(0, px.shape[0], chunk):
         p = px[s : s + chunk]
         o, d = pixel_rays(pose.cpu(), intr, p)
-        if compact:
-            head = m.render_head_infer(o.to(dev), d.to(dev), enc_a, exp, latent)
-        else:
-            head = m.render_head(
-                o.to(dev), d.to(dev), enc_a, exp, latent,
-                perturb=False, max_samples=loaded.config.renderer.infer_max_samples_per_ray,
-            )  # fmt: skip
+        head = m.render_head(
+            o.to(dev), d.to(dev), enc_a, exp, latent,
+            perturb=False, max_samples=loaded.config.renderer.infer_max_samples_per_ray,
+        )  # fmt: skip
         t = m.render_torso(p.to(dev), pose.to(dev), latent_index) if torso is None else torso[s : s + chunk]
         bg = t[:, :3] * t[:, 3:] + plate[s : s + chunk] * (1 - t[:, 3:])
         image[s : s + chunk] = head["image"] + (1 - head["alpha"])[:, None] * bg
@@ -115,7 +178,7 @@ def render_frame(
     return image.reshape(res, res, 3).clamp(0, 1), alpha.reshape(res, res)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def render_frames(
     loaded: LoadedModel,
     poses: np.ndarray,
@@ -132,7 +195,7 @@ def render_frames(
 
     ``torso``: a source of the torso RGBA per frame (e.g. the training frames'); None uses the
     model's trained torso (required then). ``latent_indices``: training-frame latent per frame (None:
-    the mean latent, for new audio).
+    the mean latent, for new audio). A batch's frames are marched together (one set of rounds).
     """
     n = len(poses)
     if not (len(expression) == n and len(audio_features) == n):
@@ -147,18 +210,16 @@ def render_frames(
     window = loaded.config.audio.window
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        imgs, alphas = [], []
-        for i in range(start, stop):
-            idx = window_indices(torch.tensor([i]), window, n)[0].numpy()  # [W]
-            feats = torch.from_numpy(np.asarray(audio_features[idx], np.float32)).to(dev)[None]
-            enc_a = m.audio_code(feats)[0]
-            exp = torch.from_numpy(np.asarray(expression[i], np.float32)).to(dev)
-            pose = torch.from_numpy(np.asarray(poses[i], np.float32))
-            lat = latent_indices[i] if latent_indices is not None else None
-            img, a = render_frame(loaded, pose, enc_a, exp, plate_t, torso(i) if torso else None, lat)
-            imgs.append(img.cpu().numpy())
-            alphas.append(a.cpu().numpy())
-        yield FrameBatch(start=start, images=np.stack(imgs), head_alpha=np.stack(alphas))
+        frames = range(start, stop)
+        idx = window_indices(torch.arange(start, stop), window, n).numpy()  # [B, W]
+        feats = torch.from_numpy(np.stack([np.asarray(audio_features[w], np.float32) for w in idx])).to(dev)
+        enc_a = m.audio_code(feats)  # [B, A]
+        exp = torch.from_numpy(np.asarray(expression[start:stop], np.float32))  # [B, 7]
+        pose = torch.from_numpy(np.asarray(poses[start:stop], np.float32))  # [B, 4, 4]
+        lats = [latent_indices[i] if latent_indices is not None else None for i in frames]
+        t = torch.stack([torso(i) for i in frames]) if torso else None
+        img, a = render_batch(loaded, pose, enc_a, exp, plate_t, t, lats)
+        yield FrameBatch(start=start, images=img.cpu().numpy(), head_alpha=a.cpu().numpy())
 
 
 def pingpong_indices(frame_ids: Sequence[int], count: int) -> np.ndarray:

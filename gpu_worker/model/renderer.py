@@ -129,18 +129,30 @@ def render_head_rays(
     }
 
 
-@torch.no_grad()
+InferFieldFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+"""(xyz [M, 3], dirs [M, 3], group [M] int64: which frame's conditions each point uses) -> sigma, rgb."""
+
+
+@torch.inference_mode()
 def render_head_rays_infer(
-    field_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    field_fn: InferFieldFn,
     grid: OccupancyGrid,
     rays_o: torch.Tensor,
     rays_d: torch.Tensor,
+    group: torch.Tensor | None = None,
     *,
-    max_rounds_steps: int | None = None,
+    max_rounds: int = 64,
 ) -> dict[str, torch.Tensor]:
-    """Inference marching (torch-ngp style): rounds of a few samples for every alive ray, rays that
-    left the box or became opaque (T < T_thresh) are dropped between rounds, so work follows the
-    visible surface instead of a fixed sample budget. Returns image (premultiplied) [K, 3], alpha [K]."""
+    """Inference marching (torch-ngp style) of K rays [K, 3], possibly of several frames at once
+    (``group`` [K] int64: the frame of each ray; None = one frame).
+
+    Each round marches every alive ray n_step = clamp(K // n_alive, 1, 8) occupied samples, so the
+    late rounds (few rays left, e.g. in the hair or the semi-transparent edge) take more samples
+    per ray and the round count stays small; rays that left the box or became opaque
+    (T < T_thresh) are dropped between rounds. Only the filled sample slots reach the field (a ray
+    that exits mid-round leaves empty slots). After ``max_rounds`` the rays still alive keep what
+    they have composited (their transmittance is then already small: rounds late in the loop are
+    8 samples deep). Returns image (premultiplied) [K, 3], alpha [K], depth [K]."""
     cfg = grid.config
     k = rays_o.shape[0]
     dev = rays_o.device
@@ -153,6 +165,7 @@ def render_head_rays_infer(
         return {"image": image, "alpha": weights_sum, "depth": depth}
     # march only the rays that meet the box; their accumulators are scattered back at the end
     o, d = rays_o[hit].contiguous(), rays_d[hit].contiguous()
+    grp = (group[hit] if group is not None else torch.zeros(hit.numel(), dtype=torch.long, device=dev)).long()
     n = hit.numel()
     acc_w, acc_d, acc_i = (
         torch.zeros(n, device=dev),
@@ -162,22 +175,30 @@ def render_head_rays_infer(
     alive = torch.arange(n, dtype=torch.int32, device=dev)
     rays_t = nears[hit].contiguous()
     far = fars[hit].contiguous()
-    budget = max_rounds_steps or cfg.max_steps
-    step = 0
-    while step < budget and alive.numel() > 0:
-        n_alive = alive.numel()
+    step, rounds = 0, 0
+    while step < cfg.max_steps and rounds < max_rounds:
+        n_alive = alive.numel()  # the one host sync of a round (the compaction below sets it)
+        if n_alive == 0:
+            break
         n_step = max(min(n // n_alive, 8), 1)
         xyzs, dirs, ts = kernels.march_rays(
             n_alive, n_step, alive, rays_t, o, d, grid.aabb, grid.bitfield,
             grid_size=cfg.grid_size, cascades=1, dt_gamma=cfg.dt_gamma, max_steps=cfg.max_steps, fars=far,
-        )  # fmt: skip
-        out = field_fn(xyzs, dirs)
+        )  # fmt: skip  # xyzs, dirs [n_alive * n_step, 3], ts [.., 2]
+        # empty slots (dt = 0) get sigma 0 without a field evaluation
+        slots = torch.nonzero(ts[:, 1] > 0).flatten()  # [S]
+        sigma = torch.zeros(n_alive * n_step, device=dev)
+        rgb = torch.zeros(n_alive * n_step, 3, device=dev)
+        if slots.numel():
+            ray_of_slot = alive.long()[slots // n_step]  # [S]
+            out = field_fn(xyzs[slots], dirs[slots], grp[ray_of_slot])
+            sigma[slots], rgb[slots] = out["sigma"].float(), out["rgb"].float()
         kernels.composite_rays(
-            n_alive, n_step, alive, rays_t, out["sigma"].float(), out["rgb"].float(), ts, acc_w, acc_d, acc_i,
-            T_thresh=cfg.T_thresh,
+            n_alive, n_step, alive, rays_t, sigma, rgb, ts, acc_w, acc_d, acc_i, T_thresh=cfg.T_thresh,
         )  # fmt: skip
         keep = alive >= 0
         alive, rays_t = alive[keep].contiguous(), rays_t[keep].contiguous()
         step += n_step
+        rounds += 1
     weights_sum[hit], depth[hit], image[hit] = acc_w, acc_d, acc_i
     return {"image": image, "alpha": weights_sum, "depth": depth}

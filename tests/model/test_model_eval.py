@@ -84,6 +84,36 @@ def test_compacting_marcher_matches_the_training_marcher(tiny_model, synthetic_d
     assert (fast - ref).abs().max() < 0.01 and (a_fast - a_ref).abs().max() < 0.01
 
 
+def test_frames_marched_together_equal_frames_marched_alone(tiny_model, synthetic_dataset, monkeypatch):
+    """A batch's frames share one march (each ray keeps its own frame's audio, expression, latent),
+    in a few field calls: the result is the frame-by-frame one."""
+    from gpu_worker.model import render_api
+
+    loaded = load_model(tiny_model)
+    info = parse_dataset(synthetic_dataset, loaded.spec.resolution)
+    ids = info.train_ids[[0, 5, 9]]
+    plate = np.zeros((info.resolution, info.resolution, 3), np.float32)
+    feats = np.random.default_rng(0).normal(0, 2, info.audio_features[ids].shape).astype(np.float32)
+    args = (info.poses[ids], info.expression[ids], feats, plate)
+    calls = []
+    infer = loaded.model.field.infer
+    monkeypatch.setattr(loaded.model.field, "infer", lambda *a: calls.append(1) or infer(*a))
+    together = next(render_frames(loaded, *args, latent_indices=[0, 5, 9], batch_size=3))
+    n_together = len(calls)
+    # frames split across marches (a chunk smaller than a frame) must give the same frames too
+    monkeypatch.setattr(render_api, "INFER_BYTES", render_api.BYTES_PER_SAMPLE * 700)
+    monkeypatch.setattr(loaded.config.renderer, "chunk_rays", 700)
+    alone = np.concatenate(
+        [b.images for b in render_frames(loaded, *args, latent_indices=[0, 5, 9], batch_size=1)]
+    )
+    # the same samples up to where the round/step caps cut the last rays (they cut at different
+    # rounds when n_step = K // n_alive differs): the compact-marcher test's tolerance
+    diff = np.abs(together.images - alone)
+    assert diff.max() < 0.01 and diff.mean() < 1e-3
+    assert not np.allclose(together.images[0], together.images[1], atol=1e-3)
+    assert n_together <= loaded.config.renderer.max_steps and n_together < len(calls)
+
+
 def test_pingpong():
     assert pingpong_indices([5, 6, 7], 7).tolist() == [5, 6, 7, 6, 5, 6, 7]
     assert pingpong_indices([3], 3).tolist() == [3, 3, 3]
