@@ -273,9 +273,13 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        # the scaler skips the optimizer step when the fp16 gradients overflowed (and lowers its
+        # scale): the learning-rate schedule advances only with the steps actually taken
+        if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
+            self.scheduler.step()
         with torch.no_grad():
             d = t.ema_decay
             for k, p in self.model.named_parameters():
