@@ -41,7 +41,7 @@ def bench_train(dataset: Path, profile: str, steps: int, device: str) -> None:
     )
 
 
-def bench_render(model_dir: Path | None, dataset: Path, frames: int, device: str) -> None:
+def bench_render(model_dir: Path | None, dataset: Path, frames: int, device: str, batch: int = 4) -> None:
     from gpu_worker.model.dataparser import parse_dataset
     from gpu_worker.model.render_api import load_model, render_frames
 
@@ -49,17 +49,21 @@ def bench_render(model_dir: Path | None, dataset: Path, frames: int, device: str
     info = parse_dataset(loaded.dataset or dataset, loaded.spec.resolution)
     ids = info.train_ids[:frames]
     plate = np.zeros((info.resolution, info.resolution, 3), np.float32)
+    calls = []
+    infer = loaded.model.field.infer
+    loaded.model.field.infer = lambda *a: calls.append(1) or infer(*a)  # count field calls
     start = time.perf_counter()
     n = 0
-    for batch in render_frames(
-        loaded, info.poses[ids], info.expression[ids], info.audio_features[ids], plate
+    for out in render_frames(
+        loaded, info.poses[ids], info.expression[ids], info.audio_features[ids], plate, batch_size=batch
     ):
-        n += len(batch.images)
+        n += len(out.images)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     dt = time.perf_counter() - start
     print(
-        f"render {info.resolution} px: {n / dt:6.2f} fps ({n} frames, torso from model: {loaded.has_torso}) device={device}"
+        f"render {info.resolution} px: {n / dt:6.2f} fps ({n} frames, batch {batch}, "
+        f"{len(calls) / n:.1f} field calls/frame, torso from model: {loaded.has_torso}) device={device}"
     )
 
 
@@ -70,6 +74,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4, help="frames marched together by the frame API")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from synthetic import make_synthetic_dataset
@@ -90,7 +95,7 @@ def main() -> None:
             cfg.trainer.head_steps, cfg.trainer.lips_steps, cfg.trainer.torso_steps = 200, 1, 20
             model = Path(tmp) / "model"
             train_model(ds, model, cfg, device=args.device)
-        bench_render(model, ds, args.frames, args.device)
+        bench_render(model, ds, args.frames, args.device, args.batch)
 
 
 if __name__ == "__main__":

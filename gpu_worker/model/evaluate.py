@@ -166,7 +166,7 @@ def _self_driven(
         dm.background.numpy(),
         torso=torso,
         latent_indices=None,
-        batch_size=4,
+        batch_size=8,  # frames marched together: fewer rounds per frame (GPU: overhead-bound)
     )
     for batch in frames:
         for j, img in enumerate(batch.images):
@@ -258,7 +258,7 @@ def _new_audio(
     crops = []
     frames = render_frames(
         loaded, info.poses[pose_ids], info.expression[pose_ids], feats[:n], dm.background.numpy(),
-        torso=torso, latent_indices=list(pose_ids), batch_size=4,
+        torso=torso, latent_indices=list(pose_ids), batch_size=8,
     )  # fmt: skip
     for batch in frames:
         for j, img in enumerate(batch.images):
