@@ -34,7 +34,14 @@ def _progress(step: str, fraction: float, message: str) -> None:
 @click.option(
     "--profile", default="preview", show_default=True, help="Training profile (tiny for a smoke run)."
 )
-def main(out_dir: Path, seconds: float, size: int, profile: str) -> None:
+@click.option(
+    "--eval-frames",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Frames rendered per part of the evaluation (validation, new audio); 0 renders all.",
+)
+def main(out_dir: Path, seconds: float, size: int, profile: str, eval_frames: int) -> None:
     """Run sample -> preprocess -> train -> eval and print where each result is."""
     from gpu_worker.model.evaluate import evaluate
     from gpu_worker.model.trainer import train
@@ -82,6 +89,7 @@ def main(out_dir: Path, seconds: float, size: int, profile: str) -> None:
         truth_video=new_audio / "subject.mp4",
         settings=settings,
         progress=_progress,
+        max_frames=eval_frames or None,
     )
     produced["metrics"] = metrics_path
     metrics = json.loads(Path(metrics_path).read_text())
