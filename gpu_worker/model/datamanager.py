@@ -87,6 +87,8 @@ class RayBatch:
     torso: torch.Tensor  # [K, 4] dataset torso RGBA
     lower_face: torch.Tensor  # [K] bool: pixel inside the lower-face box
     patches: list[tuple[int, int, int]] = field(default_factory=list)  # (start, h, w)
+    frames: list[int] = field(default_factory=list)  # the frames of a multi-frame batch ([] = index only)
+    group: torch.Tensor | None = None  # [K] int64: each ray's position in ``frames`` (multi-frame only)
 
 
 class DataManager:
@@ -116,6 +118,24 @@ class DataManager:
 
     # ---- ray batches --------------------------------------------------------------------------
     def sample(self, stage: str, generator: torch.Generator) -> RayBatch:
+        if stage == "head" and self.config.frames_per_batch > 1:
+            return self._multi_frame(generator)
+        return self._sample_frame(stage, generator, self.config.rays_per_batch)
+
+    def _multi_frame(self, generator: torch.Generator) -> RayBatch:
+        """Head-stage rays from ``frames_per_batch`` random training frames, concatenated."""
+        nf = self.config.frames_per_batch
+        parts = [self._sample_frame("head", generator, self.config.rays_per_batch // nf) for _ in range(nf)]
+        cat = {
+            name: torch.cat([getattr(b, name) for b in parts])
+            for name in ("px", "rays_o", "rays_d", "rgb", "bg", "plate", "torso", "lower_face")
+        }
+        group = torch.cat([torch.full((b.px.shape[0],), j, dtype=torch.long) for j, b in enumerate(parts)])
+        return RayBatch(
+            index=parts[0].index, frames=[b.index for b in parts], group=group.to(self.device), **cat
+        )
+
+    def _sample_frame(self, stage: str, generator: torch.Generator, k: int) -> RayBatch:
         ids = self.info.train_ids
         index = int(ids[int(torch.randint(len(ids), (1,), generator=generator))])
         res = self.info.resolution
@@ -123,13 +143,18 @@ class DataManager:
         if stage == "lips":
             pix, patches = self._lips_pixels(index, generator)
         elif stage == "torso":
-            pix = _uniform(self.config.rays_per_batch, (0, 0, res, res), generator)
+            pix = _uniform(k, (0, 0, res, res), generator)
         else:
-            k = self.config.rays_per_batch
-            k_head = int(round(k * self.config.head_fraction))
+            k_lips = int(round(k * self.config.lips_fraction))
+            k_head = int(round(k * self.config.head_fraction)) - k_lips
             box = tuple(int(v) for v in self.info.face_box[index])
+            lips = tuple(int(v) for v in self.info.lips_box[index])
             pix = torch.cat(
-                [_uniform(k_head, box, generator), _uniform(k - k_head, (0, 0, res, res), generator)]
+                [
+                    _uniform(k_lips, lips, generator),
+                    _uniform(k_head, box, generator),
+                    _uniform(k - k_head - k_lips, (0, 0, res, res), generator),
+                ]
             )
         return self._batch(index, pix, patches)
 

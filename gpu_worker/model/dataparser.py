@@ -173,6 +173,24 @@ def parse_dataset(root: str | Path, resolution: int | None = None) -> DatasetInf
     )
 
 
+# Lip-shape measures (landmark pairs): inner and outer lip gaps across the mouth, and its widths.
+LIP_SHAPE_PAIRS = [
+    (13, 14), (82, 87), (312, 317), (81, 178), (311, 402),  # inner gaps, centre to corners
+    (0, 17), (37, 84), (267, 314),  # outer gaps
+    (61, 291), (78, 308),  # outer and inner widths
+]  # fmt: skip
+
+
+def lip_shape(landmarks: np.ndarray) -> np.ndarray:
+    """Per-frame lip shape [N, 10]: the LIP_SHAPE_PAIRS distances / inter-ocular distance, from
+    landmarks [N, 478, >=2]. Ratios of in-plane distances: nearly unchanged by head pose and scale."""
+    a = np.array([i for i, _ in LIP_SHAPE_PAIRS])
+    b = np.array([j for _, j in LIP_SHAPE_PAIRS])
+    d = np.linalg.norm(landmarks[:, a, :2] - landmarks[:, b, :2], axis=-1)  # [N, 10]
+    iod = np.linalg.norm(landmarks[:, EYE_OUTER_RIGHT, :2] - landmarks[:, EYE_OUTER_LEFT, :2], axis=-1)
+    return (d / np.maximum(iod, 1e-6)[:, None]).astype(np.float32)
+
+
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     """Inner-lip gap / inter-ocular distance per frame, from landmarks [N, 478, >=2] -> [N]."""
     gap = np.linalg.norm(landmarks[:, LIP_UPPER_INNER, :2] - landmarks[:, LIP_LOWER_INNER, :2], axis=-1)

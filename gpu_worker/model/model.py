@@ -12,9 +12,12 @@ from torch import nn
 
 from gpu_worker.model.audio_net import AudioNet
 from gpu_worker.model.config import RunConfig
+from gpu_worker.model.dataparser import LIP_SHAPE_PAIRS
 from gpu_worker.model.field import TriPlaneField
 from gpu_worker.model.renderer import OccupancyGrid, render_head_rays, render_head_rays_infer
 from gpu_worker.model.torso import TorsoNet
+
+LIP_SHAPE_DIM = len(LIP_SHAPE_PAIRS)
 
 
 @dataclass
@@ -60,12 +63,15 @@ class SyncTalkModel(nn.Module):
         self.audio_net = AudioNet(spec.feature_shape, config.field.audio_dim, config.audio)
         self.grid = OccupancyGrid(config.renderer, aabb)
         self.torso = TorsoNet(config.torso, spec.n_frames)
+        # enc_a -> lip shape (LIP_SHAPE_PAIRS distances, standardized): the lip-sync auxiliary loss
+        self.lip_head = nn.Linear(config.field.audio_dim, LIP_SHAPE_DIM)
 
     # ---- parameter groups (grids get a higher learning rate than MLPs) --------------------------
     def head_param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         grids = self.field.grid_parameters()
         ids = {id(p) for p in grids}
-        mlps = [p for p in [*self.field.parameters(), *self.audio_net.parameters()] if id(p) not in ids]
+        head = [*self.field.parameters(), *self.audio_net.parameters(), *self.lip_head.parameters()]
+        mlps = [p for p in head if id(p) not in ids]
         return grids, mlps
 
     def torso_param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -99,9 +105,17 @@ class SyncTalkModel(nn.Module):
         perturb: bool = False,
         generator: torch.Generator | None = None,
         max_samples: int | None = None,
+        group: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        def field_fn(xyz: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self.field(xyz, dirs, enc_a, exp, latent)
+        """One frame: enc_a [A], exp [7], latent [L]. Rays of F frames: enc_a [F, A], exp [F, 7],
+        latent [F, L] and ``group`` [K] (each ray's frame in 0..F-1)."""
+
+        def field_fn(
+            xyz: torch.Tensor, dirs: torch.Tensor, g: torch.Tensor | None = None
+        ) -> dict[str, torch.Tensor]:
+            if g is None:
+                return self.field(xyz, dirs, enc_a, exp, latent)
+            return self.field(xyz, dirs, enc_a[g], exp[g], latent[g])
 
         return render_head_rays(
             field_fn,
@@ -111,6 +125,7 @@ class SyncTalkModel(nn.Module):
             perturb=perturb,
             generator=generator,
             max_samples=max_samples or self.config.renderer.max_samples_per_ray,
+            group=group,
         )
 
     @torch.inference_mode()

@@ -81,9 +81,13 @@ def render_head_rays(
     perturb: bool,
     generator: torch.Generator | None,
     max_samples: int,
+    group: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """March and composite K rays [K, 3] through the field. Returns image (premultiplied) [K, 3],
-    alpha [K], depth [K], unc [K] (composited uncertainty), attn_a / attn_e [K] (mean attention)."""
+    alpha [K], depth [K], unc [K] (composited uncertainty), attn_a / attn_e [K] (mean attention).
+
+    ``group`` [K] int64 (rays of several frames): ``field_fn(xyz, dirs, g)`` then also gets each
+    sample's group [M]."""
     cfg = grid.config
     nears, fars = kernels.near_far_from_aabb(rays_o, rays_d, grid.aabb, cfg.min_near)
     xyzs, dirs, ts, rays = kernels.march_rays_train(
@@ -113,7 +117,10 @@ def render_head_rays(
             "attn_e": z,
             "samples": 0,
         }
-    out = field_fn(xyzs, dirs)
+    if group is None:
+        out = field_fn(xyzs, dirs)
+    else:
+        out = field_fn(xyzs, dirs, group[sample_rays(rays, xyzs.shape[0])])
     extras = torch.stack([out["unc"], out["a_attn"].mean(-1), out["e_attn"].mean(-1)], -1)  # [M, 3]
     _, alpha, depth, image, extras_sum = kernels.composite_rays_train(
         out["sigma"].float(), out["rgb"].float(), ts, rays, extras.float(), T_thresh=cfg.T_thresh
@@ -127,6 +134,17 @@ def render_head_rays(
         "attn_e": extras_sum[:, 2],
         "samples": int(xyzs.shape[0]),
     }
+
+
+def sample_rays(rays: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """The ray of each training sample [M] from the marcher's (offset, count) per ray [K, 2]. Rays'
+    sample ranges are disjoint and cover 0..M, but not necessarily in ray order (GPU atomics)."""
+    offsets, counts = rays[:, 0].long(), rays[:, 1].long()
+    order = torch.argsort(offsets)
+    out = torch.repeat_interleave(order, counts[order])
+    if out.shape[0] != n_samples:  # rays whose samples were cut off at the sample budget
+        raise RuntimeError(f"marcher returned {n_samples} samples but its rays count {out.shape[0]}")
+    return out
 
 
 InferFieldFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]

@@ -29,12 +29,27 @@ class TorsoNet(nn.Module):
         c = config
         self.pose_net = mlp(12, [c.hidden_dim], c.pose_dim)
         self.deform_net = mlp(2 * 9 + c.pose_dim, [c.hidden_dim, c.hidden_dim], 2)
+        # start undeformed: a random initial shift (up to 0.1 of the frame, different per pose) smears
+        # the grid over neighbouring pixels before it has learnt anything
+        nn.init.zeros_(self.deform_net[-1].weight)
+        nn.init.zeros_(self.deform_net[-1].bias)
         self.grid = hash_grid(
             2, c.num_levels, c.level_dim, c.log2_hashmap_size, c.base_resolution, c.desired_resolution
         )
         self.color_net = mlp(c.num_levels * c.level_dim + c.pose_dim, [c.hidden_dim, c.hidden_dim], 4)
         self.latents = nn.Embedding(n_frames, c.pose_dim)
         nn.init.zeros_(self.latents.weight)
+        # the pose enters standardized over the training frames: a head turning a few degrees moves
+        # the raw matrix entries by ~0.01, too little for the small MLPs to act on in a short run
+        self.register_buffer("pose_mean", torch.zeros(12))
+        self.register_buffer("pose_std", torch.ones(12))
+
+    @torch.no_grad()
+    def set_pose_stats(self, poses: torch.Tensor) -> None:
+        """Standardize the pose input with the training frames' poses [N, 4, 4] (saved with the model)."""
+        flat = poses[:, :3, :4].reshape(-1, 12).float()
+        self.pose_mean.copy_(flat.mean(0))
+        self.pose_std.copy_(flat.std(0).clamp_min(1e-3) if flat.shape[0] > 1 else torch.ones(12))
 
     def grid_parameters(self) -> list[nn.Parameter]:
         return list(self.grid.parameters())
@@ -44,7 +59,8 @@ class TorsoNet(nn.Module):
     ) -> torch.Tensor:
         """uv [K, 2] in 0..1 (x, y of the image), pose [4, 4] -> RGBA [K, 4] (straight alpha)."""
         k = uv.shape[0]
-        code = self.pose_net(pose[:3, :4].reshape(1, 12))  # [1, P]
+        p = (pose[:3, :4].reshape(1, 12) - self.pose_mean) / self.pose_std
+        code = self.pose_net(p)  # [1, P]
         if latent is not None:
             code = code + latent
         code = code.expand(k, -1)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gpu_worker.model import kernels
@@ -21,7 +22,7 @@ from gpu_worker.model.audio_net import window_indices
 from gpu_worker.model.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_atomic
 from gpu_worker.model.config import RunConfig
 from gpu_worker.model.datamanager import DataManager, RayBatch
-from gpu_worker.model.dataparser import parse_dataset
+from gpu_worker.model.dataparser import lip_shape, parse_dataset
 from gpu_worker.model.losses import alpha_entropy, masked_attention, photometric, structural_patch_loss
 from gpu_worker.model.model import ModelSpec, SyncTalkModel, composite
 from shared.errors import SyncTalkError
@@ -80,9 +81,17 @@ class Trainer:
         self.spec = spec_from_info(self.info)
         torch.manual_seed(config.trainer.seed)  # the weights' initialization is part of the run
         self.model = SyncTalkModel(config, self.spec).to(self.device)
+        train_poses = torch.from_numpy(self.info.poses[self.info.train_ids])
+        self.model.torso.set_pose_stats(train_poses.to(self.device))
         self.dm = DataManager(self.info, config.data, self.device)
         self.feats = torch.from_numpy(self.info.audio_features).to(self.device)  # [N, *shape]
         self.expr = torch.from_numpy(self.info.expression).to(self.device)  # [N, 7]
+        # lip-shape targets of the auxiliary loss, standardized over the training frames
+        shape = lip_shape(self.info.landmarks)  # [N, 10]
+        train_shape = shape[self.info.train_ids]
+        # (a floor on the spread: a mouth that barely moves gives targets near 0, not amplified noise)
+        shape = (shape - train_shape.mean(0)) / np.maximum(train_shape.std(0), 1e-3)
+        self.lip_target = torch.from_numpy(shape).to(self.device)  # [N, 10]
         self.gen = torch.Generator().manual_seed(config.trainer.seed)  # data, grid cells
         self.march_gen = torch.Generator(device=self.device).manual_seed(config.trainer.seed + 1)
         self.use_amp = config.trainer.amp and self.device.type == "cuda"
@@ -226,15 +235,24 @@ class Trainer:
 
     def _head_step(self, stage: str, batch: RayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         lc = self.config.loss
-        enc_a, exp = self._conditions(batch.index)
+        if batch.group is None:
+            enc_a, exp = self._conditions(batch.index)
+            latent = self.model.head_latent(batch.index)
+        else:  # rays of several frames: their conditions [F, ...], gathered per sample by group
+            frames = torch.tensor(batch.frames, device=self.device)
+            idx = window_indices(frames, self.config.audio.window, self.spec.n_frames)  # [F, W]
+            enc_a = self.model.audio_code(self.feats[idx])  # [F, A]
+            exp = self.expr[frames]  # [F, 7]
+            latent = self.model.field.latents(frames)  # [F, L]
         head = self.model.render_head(
             batch.rays_o,
             batch.rays_d,
             enc_a,
             exp,
-            self.model.head_latent(batch.index),
+            latent,
             perturb=True,
             generator=self.march_gen,
+            group=batch.group,
         )
         pred = composite(head, batch.bg)
         losses = photometric(pred, batch.rgb, head["unc"], lc)
@@ -244,7 +262,19 @@ class Trainer:
         )
         if stage == "lips" and batch.patches:
             losses["patch"] = lc.patch_structure * structural_patch_loss(pred, batch.rgb, batch.patches)
+        if lc.lip_sync > 0:
+            losses["lip_sync"] = lc.lip_sync * self._lip_sync_loss()
         return sum(losses.values()), pred
+
+    def _lip_sync_loss(self) -> torch.Tensor:
+        """MSE of the lip shape predicted from the audio codes of a few random training frames."""
+        ids = self.info.train_ids
+        picks = torch.randint(len(ids), (self.config.loss.lip_sync_frames,), generator=self.gen)
+        frames = torch.as_tensor(ids[picks.numpy()], device=self.device)  # [B]
+        idx = window_indices(frames, self.config.audio.window, self.spec.n_frames)  # [B, W]
+        enc_a = self.model.audio_code(self.feats[idx])  # [B, A]
+        pred = self.model.lip_head(enc_a.float())  # [B, 10]
+        return ((pred - self.lip_target[frames]) ** 2).mean()
 
     def _torso_step(self, batch: RayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

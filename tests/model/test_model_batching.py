@@ -1,0 +1,116 @@
+"""Multi-frame ray batches, the lip-shape auxiliary loss and the torso's pose standardization: what
+makes the lips learn the audio, and the torso its motion, within a CPU preview run (docs/MODEL.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_worker.model.audio_net import window_indices
+from gpu_worker.model.config import profile_config
+from gpu_worker.model.datamanager import DataManager, pixel_rays
+from gpu_worker.model.dataparser import lip_shape, mouth_opening, parse_dataset
+from gpu_worker.model.renderer import sample_rays
+from gpu_worker.model.trainer import Trainer
+
+
+def test_sample_rays_maps_samples_to_their_rays_in_any_order():
+    # three rays with 2, 0 and 3 samples, stored out of ray order (as GPU atomics may lay them out)
+    rays = torch.tensor([[3, 2], [5, 0], [0, 3]], dtype=torch.int32)
+    assert sample_rays(rays, 5).tolist() == [2, 2, 2, 0, 0]
+    with pytest.raises(RuntimeError, match="samples"):
+        sample_rays(rays, 6)
+
+
+def test_multi_frame_batch_takes_rays_from_several_frames(synthetic_dataset):
+    cfg = profile_config("tiny").data
+    cfg.frames_per_batch, cfg.rays_per_batch, cfg.lips_fraction = 4, 400, 0.25
+    info = parse_dataset(synthetic_dataset, 32)
+    dm = DataManager(info, cfg)
+    batch = dm.sample("head", torch.Generator().manual_seed(0))
+    assert len(batch.frames) == 4 and set(batch.frames) <= set(info.train_ids.tolist())
+    assert batch.group.shape == (400,) and torch.bincount(batch.group).tolist() == [100] * 4
+    for j, frame in enumerate(batch.frames):
+        rows = batch.group == j
+        px = batch.px[rows].long()
+        gt = dm.image("gt", frame)[px[:, 1], px[:, 0]]
+        assert torch.equal(batch.rgb[rows], gt)  # each ray's target is its own frame's pixel
+        x0, y0, x1, y1 = (int(v) for v in info.lips_box[frame])
+        in_lips = (px[:, 0] >= x0) & (px[:, 0] < x1) & (px[:, 1] >= y0) & (px[:, 1] < y1)
+        assert int(in_lips.sum()) >= 25  # the lips' share of the rays
+    # the other stages still draw one frame
+    assert dm.sample("lips", torch.Generator().manual_seed(0)).group is None
+
+
+def test_rays_of_several_frames_render_as_each_frame_alone(synthetic_dataset):
+    cfg = profile_config("tiny")
+    trainer = Trainer(synthetic_dataset, "/nonexistent-unused", cfg)
+    model, info = trainer.model, trainer.info
+    model.eval()
+    frames = [int(info.train_ids[1]), int(info.train_ids[9])]
+    # different conditions per frame (a trained audio net would make them differ anyway)
+    enc_a = torch.randn(2, cfg.field.audio_dim, generator=torch.Generator().manual_seed(0))
+    exp = torch.from_numpy(info.expression[frames])
+    latent = torch.randn(2, cfg.field.latent_dim, generator=torch.Generator().manual_seed(1))
+    px = torch.stack(torch.meshgrid(torch.arange(8, 40, 2.0), torch.arange(8, 40, 2.0), indexing="xy"), -1)
+    px = px.reshape(-1, 2)
+    rays = [
+        pixel_rays(torch.from_numpy(info.poses[f]), torch.from_numpy(info.intrinsics), px) for f in frames
+    ]
+    with torch.no_grad():
+        alone = [
+            model.render_head(o, d, enc_a[j], exp[j], latent[j])["image"] for j, (o, d) in enumerate(rays)
+        ]
+        group = torch.arange(2).repeat_interleave(px.shape[0])
+        together = model.render_head(
+            torch.cat([r[0] for r in rays]), torch.cat([r[1] for r in rays]), enc_a, exp, latent, group=group
+        )["image"]
+    assert torch.allclose(together, torch.cat(alone), atol=1e-5)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # the conditions do change the picture
+
+
+def test_lip_shape_ignores_scale_and_shift_and_follows_the_gap(synthetic_dataset):
+    lms = np.load(synthetic_dataset / "landmarks.npy")[:, :, :2]  # [N, 478, 2]
+    shape = lip_shape(lms)
+    assert shape.shape == (len(lms), 10)
+    np.testing.assert_allclose(lip_shape(lms * 2.5 + 7.0), shape, rtol=1e-4)
+    # the first measure is the inner-lip gap: the mouth opening itself
+    opening = mouth_opening(lms)
+    assert np.corrcoef(shape[:, 0], opening)[0, 1] > 0.99
+
+
+def test_lip_sync_loss_teaches_the_audio_code_the_mouth(synthetic_dataset, tmp_path):
+    """A few dozen head steps: the lip head's prediction from audio alone follows the frames' lips."""
+    cfg = profile_config("tiny", "head")
+    cfg.trainer.head_steps = 40
+    cfg.loss.lip_sync = 1.0
+    trainer = Trainer(synthetic_dataset, tmp_path / "m", cfg)
+
+    def fit() -> float:
+        ids = torch.as_tensor(trainer.info.train_ids)
+        with torch.no_grad():
+            idx = window_indices(ids, cfg.audio.window, trainer.spec.n_frames)
+            pred = trainer.model.lip_head(trainer.model.audio_code(trainer.feats[idx]))[:, 0]
+        return float(np.corrcoef(pred.numpy(), trainer.lip_target[ids, 0].numpy())[0, 1])
+
+    before = fit()
+    trainer.run()
+    assert fit() > max(0.8, before + 0.3)
+
+
+def test_torso_pose_input_is_standardized_and_saved_with_the_model(synthetic_dataset, tmp_path):
+    from gpu_worker.model.render_api import load_model
+    from gpu_worker.model.trainer import train_model
+
+    cfg = profile_config("tiny")
+    cfg.trainer.head_steps, cfg.trainer.lips_steps, cfg.trainer.torso_steps = 4, 1, 2
+    train_model(synthetic_dataset, tmp_path / "m", cfg)
+    torso = load_model(tmp_path / "m").model.torso
+    info = parse_dataset(synthetic_dataset)
+    flat = torch.from_numpy(info.poses[info.train_ids][:, :3, :4]).reshape(-1, 12).float()
+    z = (flat - torso.pose_mean) / torso.pose_std
+    moving = flat.std(0) > 1e-3  # the entries the orbiting camera changes
+    assert moving.any()
+    assert torch.allclose(z.mean(0), torch.zeros(12), atol=1e-4)
+    assert torch.allclose(z.std(0)[moving], torch.ones(int(moving.sum())), atol=1e-3)
