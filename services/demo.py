@@ -103,7 +103,15 @@ def main(out_dir: Path, seconds: float, size: int, profile: str, eval_frames: in
 
 def _headline(metrics: dict) -> dict:
     """The few numbers worth printing (the full set is in metrics.json)."""
-    keys = ("psnr", "ssim", "lmd", "sync_confidence", "mouth_envelope_corr", "lip_gap_corr_truth")
+    keys = (
+        "psnr",
+        "psnr_portrait",
+        "ssim",
+        "lmd",
+        "sync_confidence",
+        "mouth_envelope_corr",
+        "lip_gap_corr_truth",
+    )
     flat: dict = {}
     for section, values in metrics.items():
         if isinstance(values, dict):

@@ -126,6 +126,8 @@ def test_eval_writes_metrics(tiny_model, synthetic_dataset_b, settings, tmp_path
     assert saved == json.loads(json.dumps(m))
     sd = m["self_driven"]
     assert sd["frames"] == 4 and 5 < sd["psnr"] < 60 and -1 <= sd["ssim"] <= 1
+    # the portrait blend keeps the frame outside the inner face: never worse than the raw render
+    assert sd["psnr_portrait"] >= sd["psnr"]
     na = m["new_audio"]
     assert na["frames"] == 12
     assert set(na) >= {"mouth_envelope_corr", "lip_gap_corr_truth", "sync_confidence", "mouth_measure"}
