@@ -30,7 +30,7 @@ def test_every_stage_trains_and_head_loss_falls(synthetic_dataset, tmp_path):
     head = [h["l1"] for h in result.history if h["stage"] == "head"]
     assert np.mean(head[-8:]) < 0.85 * np.mean(head[:8])
     torso = [h["l1"] for h in result.history if h["stage"] == "torso"]
-    assert np.mean(torso[-3:]) < np.mean(torso[:3])
+    assert np.mean(torso[-5:]) < 0.95 * np.mean(torso[:5])
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config_from_dict(saved["config"]) == cfg  # the run can be rebuilt from its config.json
     assert (tmp_path / "m" / FINAL).is_file() and (tmp_path / "m" / CHECKPOINT).is_file()
