@@ -124,10 +124,7 @@ class TriPlaneField(nn.Module):
         latent: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         out = self.density(xyz, enc_a, exp)
-        m = xyz.shape[0]
-        sh = sh_encode(dirs, self.config.sh_degree)  # [M, deg^2]
-        lat = latent.expand(m, -1)
-        out["rgb"] = torch.sigmoid(self.color_net(torch.cat([sh, out["geo"], lat], -1)))  # [M, 3]
+        out["rgb"] = self.color(dirs, out["geo"], latent)
         # uncertainty sees the geometry only (detached) so it cannot reshape the scene to lower its loss
         out["unc"] = nn.functional.softplus(self.unc_net(out["enc_x"].detach()))[:, 0]  # [M]
         return out
@@ -143,7 +140,10 @@ class TriPlaneField(nn.Module):
         """Rendering only: sigma [M] and rgb [M, 3], without the uncertainty and attention outputs
         training needs. Conditions per frame ([A], [7], [L]) or per point ([M, A], [M, 7], [M, L])."""
         out = self.density(xyz, enc_a, exp)
+        return {"sigma": out["sigma"], "rgb": self.color(dirs, out["geo"], latent)}
+
+    def color(self, dirs: torch.Tensor, geo: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """View directions [M, 3], density features [M, G], latent [L] or [M, L] -> rgb [M, 3]."""
         sh = sh_encode(dirs, self.config.sh_degree)  # [M, deg^2]
-        lat = latent.expand(xyz.shape[0], -1)
-        rgb = torch.sigmoid(self.color_net(torch.cat([sh, out["geo"], lat], -1)))  # [M, 3]
-        return {"sigma": out["sigma"], "rgb": rgb}
+        lat = latent.expand(geo.shape[0], -1)
+        return torch.sigmoid(self.color_net(torch.cat([sh, geo, lat], -1)))

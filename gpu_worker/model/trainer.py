@@ -219,11 +219,13 @@ class Trainer:
         tmp.replace(self.out_dir / "config.json")
 
     # ---- steps ------------------------------------------------------------------------------------
+    def _audio_codes(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames [F] -> their audio codes enc_a [F, A] (each from its window of features)."""
+        idx = window_indices(frames, self.config.audio.window, self.spec.n_frames)  # [F, W]
+        return self.model.audio_code(self.feats[idx])
+
     def _conditions(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = window_indices(
-            torch.tensor([index], device=self.device), self.config.audio.window, self.spec.n_frames
-        )
-        enc_a = self.model.audio_code(self.feats[idx])[0]  # [A]
+        enc_a = self._audio_codes(torch.tensor([index], device=self.device))[0]  # [A]
         return enc_a, self.expr[index]
 
     def _update_grid(self) -> None:
@@ -240,8 +242,7 @@ class Trainer:
             latent = self.model.head_latent(batch.index)
         else:  # rays of several frames: their conditions [F, ...], gathered per sample by group
             frames = torch.tensor(batch.frames, device=self.device)
-            idx = window_indices(frames, self.config.audio.window, self.spec.n_frames)  # [F, W]
-            enc_a = self.model.audio_code(self.feats[idx])  # [F, A]
+            enc_a = self._audio_codes(frames)  # [F, A]
             exp = self.expr[frames]  # [F, 7]
             latent = self.model.field.latents(frames)  # [F, L]
         head = self.model.render_head(
@@ -271,8 +272,7 @@ class Trainer:
         ids = self.info.train_ids
         picks = torch.randint(len(ids), (self.config.loss.lip_sync_frames,), generator=self.gen)
         frames = torch.as_tensor(ids[picks.numpy()], device=self.device)  # [B]
-        idx = window_indices(frames, self.config.audio.window, self.spec.n_frames)  # [B, W]
-        enc_a = self.model.audio_code(self.feats[idx])  # [B, A]
+        enc_a = self._audio_codes(frames)  # [B, A]
         pred = self.model.lip_head(enc_a.float())  # [B, 10]
         return ((pred - self.lip_target[frames]) ** 2).mean()
 
