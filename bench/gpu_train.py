@@ -1,11 +1,16 @@
 """Training speed and quality on a real dataset within a wall-clock budget (for a lent GPU).
 
-    python bench/gpu_train.py DATASET --profile standard --minutes 5 [--out DIR]
+    python bench/gpu_train.py DATASET --profile standard --minutes 5 [--reference REF] [--out DIR]
+    python bench/gpu_train.py --measure OUT/new_audio.npz --truth-video SUBJECT.mp4   # back on a CPU host
 
 1. times steady-state steps of each stage of the profile (after the occupancy warm-up);
 2. trains the profile for real with its step counts scaled so the three stages fit the budget
    (head 70%, lips 10%, torso 20% of the time), keeping every other setting of the profile;
-3. evaluates the validation frames (PSNR, SSIM) and times the frame API.
+3. evaluates the validation frames (PSNR, SSIM) and times the frame API at the dataset's size and at
+   512 px (the same model's rays at twice the size: a speed figure only);
+4. with ``--reference`` (a second preprocessed clip of the subject), renders frames for its audio and
+   saves them as JPEGs in new_audio.npz: the GPU host has no MediaPipe, so ``--measure`` later reads
+   their lip gap on a CPU host and correlates it with the truth video's (the issue's lip-sync figure).
 Prints a table and writes gpu_train.json under --out (or $OUT). No asserts: figures for BENCHMARKS.md.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -59,9 +65,99 @@ def step_seconds(dataset: Path, profile: str, stage: str, steps: int, device: st
         return (time.perf_counter() - start) / steps
 
 
+def render_fps(model_dir: Path, dataset: Path, device: str, size: int, frames: int = 32) -> float:
+    """Frames per second of the frame API (batches of 8, the model's torso) at ``size`` px."""
+    import dataclasses
+
+    from gpu_worker.model.dataparser import parse_dataset
+    from gpu_worker.model.render_api import load_model, render_frames
+
+    loaded = load_model(model_dir, device)
+    info = parse_dataset(dataset, loaded.spec.resolution)
+    scale = size / loaded.spec.resolution
+    loaded.spec = dataclasses.replace(
+        loaded.spec, resolution=size, intrinsics=tuple(v * scale for v in loaded.spec.intrinsics)
+    )
+    ids = np.resize(info.train_ids, frames)
+    plate = np.zeros((size, size, 3), np.float32)
+    args = (info.poses[ids], info.expression[ids], info.audio_features[ids], plate)
+    for _ in render_frames(loaded, *(a[:8] for a in args[:3]), plate, batch_size=8):
+        pass  # warm-up: kernels, allocator
+    _sync(device)
+    start = time.perf_counter()
+    n = sum(len(b.images) for b in render_frames(loaded, *args, batch_size=8))
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def render_new_audio(model_dir: Path, reference: Path, device: str, out: Path) -> int:
+    """Render frames for the reference clip's audio (poses ping-pong over the training frames, the
+    mean latent, as evaluation does) and save them as JPEGs [F] in ``out``."""
+    import cv2
+
+    from gpu_worker.model.datamanager import DataManager
+    from gpu_worker.model.dataparser import parse_dataset
+    from gpu_worker.model.render_api import load_model, pingpong_indices, render_frames
+
+    loaded = load_model(model_dir, device)
+    info = parse_dataset(loaded.dataset, loaded.spec.resolution)
+    ref = parse_dataset(reference, loaded.spec.resolution)
+    n = len(ref.audio_features)
+    pose_ids = pingpong_indices(info.train_ids, n)
+    plate = DataManager(info, loaded.config.data, "cpu").background.numpy()  # [R, R, 3]
+    jpegs = []
+    for batch in render_frames(
+        loaded, info.poses[pose_ids], info.expression[pose_ids], ref.audio_features, plate, batch_size=8
+    ):
+        for img in batch.images:
+            bgr = np.ascontiguousarray((img[..., ::-1] * 255).round().astype(np.uint8))
+            jpegs.append(
+                np.frombuffer(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1], np.uint8)
+            )
+    np.savez(out, *jpegs)
+    return n
+
+
+def measure_new_audio(npz: Path, truth_video: Path) -> None:
+    """CPU host: MediaPipe lip gap of the saved frames vs the truth video's (Pearson r)."""
+    import cv2
+
+    from gpu_worker.model import metrics as M
+    from gpu_worker.model.dataparser import mouth_opening
+    from gpu_worker.model.evaluate import video_lip_gap
+    from shared.settings import Settings
+
+    settings = Settings(environment="test")
+    data = np.load(npz)
+    frames = [
+        cv2.imdecode(data[k], cv2.IMREAD_COLOR)[..., ::-1]
+        for k in sorted(data.files, key=lambda f: int(f[4:]))
+    ]
+    opening = np.full(len(frames), np.nan)
+    with M.mouth_tracker(settings) as tracker:
+        for k, img in enumerate(frames):
+            lms = tracker(np.ascontiguousarray(img).astype(np.float32) / 255)
+            if lms is not None:
+                opening[k] = mouth_opening(lms[None])[0]
+    found = np.isfinite(opening)
+    truth = video_lip_gap(truth_video, settings, len(frames))
+    k = min(len(truth), len(frames))
+    ok = found[:k]
+    r = M.pearson(opening[:k][ok], truth[:k][ok])
+    print(f"new audio: {k} frames, face found in {int(ok.sum())}; lip gap vs truth r = {r}")
+
+
 def main() -> None:
+    if "--measure" in sys.argv:
+        mp = argparse.ArgumentParser()
+        mp.add_argument("--measure", type=Path, required=True)
+        mp.add_argument("--truth-video", type=Path, required=True)
+        a = mp.parse_args()
+        measure_new_audio(a.measure, a.truth_video)
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("dataset", type=Path)
+    ap.add_argument("--reference", type=Path, default=None, help="second preprocessed clip (new audio)")
     ap.add_argument("--profile", default="standard")
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -99,16 +195,28 @@ def main() -> None:
     print(f"trained {steps} in {train_s:.0f} s")
 
     start = time.perf_counter()
-    metrics = evaluate_model(
-        model_dir, Settings(environment="test"), out_dir=args.out / "eval", device=args.device
-    )
+    eval_dir = model_dir.parent / "eval"  # the previews stay there: the GPU host returns few files
+    metrics = evaluate_model(model_dir, Settings(environment="test"), out_dir=eval_dir, device=args.device)
+    for name in ("metrics.json", "val_000.png"):
+        if (eval_dir / name).exists():
+            shutil.copy(eval_dir / name, args.out / f"eval_{name}")
     eval_s = time.perf_counter() - start
     sd = metrics["self_driven"]
     fps = sd["frames"] / eval_s
     print(
-        f"validation: PSNR {sd['psnr']:.2f} dB, SSIM {sd['ssim']:.3f} over {sd['frames']} frames "
-        f"({fps:.1f} frames/s including metrics)"
+        f"validation: PSNR {sd['psnr']:.2f} dB, portrait {sd['psnr_portrait']:.2f} dB, SSIM "
+        f"{sd['ssim']:.3f} over {sd['frames']} frames ({fps:.1f} frames/s including metrics)"
     )
+    api_fps = {}
+    for size in (metrics["resolution"], 512):
+        api_fps[size] = render_fps(model_dir, args.dataset, args.device, size)
+        print(f"frame API at {size} px: {api_fps[size]:.1f} frames/s (batches of 8, model torso)")
+    new_audio = None
+    if args.reference is not None:
+        start = time.perf_counter()
+        n = render_new_audio(model_dir, args.reference, args.device, args.out / "new_audio.npz")
+        new_audio = {"frames": n, "seconds": time.perf_counter() - start}
+        print(f"new audio: {n} frames rendered to new_audio.npz (measure them with --measure on a CPU host)")
     report = {
         "device": name,
         "torch": torch.__version__,
@@ -121,6 +229,9 @@ def main() -> None:
         "global_step": result.global_step,
         "val_psnr": sd["psnr"],
         "val_ssim": sd["ssim"],
+        "val_psnr_portrait": sd["psnr_portrait"],
+        "frame_api_fps": api_fps,
+        "new_audio": new_audio,
         "eval_seconds": eval_s,
         "eval_frames": sd["frames"],
         "final_history": result.history[-5:] if result.history else [],

@@ -386,7 +386,16 @@ def _standard() -> RunConfig:
     """GPU, paper scale (METHOD.md 2-3)."""
     return RunConfig(
         profile="standard",
-        data=DataConfig(rays_per_batch=65536, patch_size=64, patches_per_batch=4, cache_bytes=4 * 1024**3),
+        data=DataConfig(
+            rays_per_batch=65536,
+            frames_per_batch=16,  # 4096 rays from each of 16 frames: the MLPs must use the audio
+            lips_fraction=0.2,
+            patch_size=64,
+            patches_per_batch=4,
+            cache_bytes=4 * 1024**3,
+        ),
+        # as in preview: uncertainty weighting would down-weight the mouth while the audio is learnt
+        loss=LossConfig(uncertainty=False),
     )
 
 
