@@ -94,7 +94,12 @@ class StepRunner:
             ("face", {}, ["landmarks.npy", "blendshapes.npy", "expression.npy", f"{WORK}/face.npz"]),
             ("parse", {}, ["parsing", "face_mask", "background.png", f"{WORK}/tracks.npz"]),
             ("targets", {}, ["gt", "torso"]),
-            ("stabilize", {}, ["transforms_train.json", "transforms_val.json", f"{WORK}/poses.npz"]),
+            # head_box: how the manifest's aabb is found (a new value redoes this step on old datasets)
+            (
+                "stabilize",
+                {"head_box": "silhouette"},
+                ["transforms_train.json", "transforms_val.json", f"{WORK}/poses.npz"],
+            ),
             (
                 "audio",
                 {"encoder": encoder, "weights": weights_id},
@@ -336,6 +341,7 @@ class StepRunner:
             head_aabb,
             head_centre,
             rotation_jitter_deg,
+            silhouette_extent,
             translation_jitter,
         )
         from gpu_worker.preprocess.stabilizer.pose_init import coarse_poses
@@ -378,7 +384,19 @@ class StepRunner:
             translation_jitter_mm_before=10 * translation_jitter(coarse.translations, usable),
             translation_jitter_mm_after=10 * translation_jitter(ba.poses.translations, usable),
         )
-        return {"intrinsics": intr, "split": split, "aabb": head_aabb(ba.shape, origin), "pose": stats}
+        silhouette = silhouette_extent(
+            c2w, (intr["fl_x"], intr["fl_y"], intr["cx"], intr["cy"]), self._head_masks(usable)
+        )
+        aabb = head_aabb(ba.shape, origin, silhouette)
+        return {"intrinsics": intr, "split": split, "aabb": aabb, "pose": stats}
+
+    def _head_masks(self, usable: np.ndarray, count: int = 60):
+        """(frame, head mask [R, R]) for up to ``count`` usable frames spread over the clip."""
+        from gpu_worker.preprocess.parsing import HEAD
+
+        ids = np.flatnonzero(usable)
+        for i in ids[np.unique(np.linspace(0, len(ids) - 1, min(count, len(ids))).round().astype(int))]:
+            yield int(i), read_gray(self.root / "parsing" / frame_name(int(i), "png")) == HEAD
 
     def step_audio(self) -> dict:
         from gpu_worker.media.frames import load_audio, write_wav

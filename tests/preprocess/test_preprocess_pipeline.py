@@ -12,8 +12,24 @@ from conftest import tiny_settings, write_clip, write_tone
 from gpu_worker.media.errors import MediaError
 from gpu_worker.preprocess import run_preprocess
 from gpu_worker.preprocess.errors import ClipTooShortError, NoFaceError, PreprocessError
+from gpu_worker.preprocess.images import read_gray
+from gpu_worker.preprocess.parsing import HEAD
+from gpu_worker.preprocess.stabilizer.camera import AABB_LIMIT
 
 R = 128
+
+
+def rays_through_box(c2w: np.ndarray, intr: tuple, mask: np.ndarray, box: np.ndarray) -> tuple[int, int]:
+    """(rays that meet the box, rays) over the pixels of ``mask`` (slab test, OpenGL camera)."""
+    fx, fy, cx, cy = intr
+    ys, xs = np.nonzero(mask)
+    d = np.stack([(xs + 0.5 - cx) / fx, -(ys + 0.5 - cy) / fy, -np.ones(xs.size)], -1) @ c2w[:3, :3].T
+    o = c2w[:3, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t0, t1 = (box[:3] - o) / d, (box[3:] - o) / d
+    near = np.nanmax(np.minimum(t0, t1), 1)
+    far = np.nanmin(np.maximum(t0, t1), 1)
+    return int(((far > near) & (far > 0)).sum()), int(xs.size)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +79,17 @@ def test_dataset_follows_the_contract(dataset):
     to_origin = -c2w[:, :3, 3] / np.linalg.norm(c2w[:, :3, 3], axis=1, keepdims=True)
     assert (np.einsum("ni,ni->n", -c2w[:, :3, 2], to_origin) > 0.95).all()
     box = np.array(m["aabb"])
-    assert (box[:3] < 0).all() and (box[3:] > 0).all() and np.abs(box).max() <= 1.5
+    assert (box[:3] < 0).all() and (box[3:] > 0).all() and np.abs(box).max() <= AABB_LIMIT
+    # The head box holds the whole head: the camera ray of (nearly) every head pixel, hair included,
+    # passes through it (the head NeRF renders nothing outside the box).
+    all_frames = t["frames"] + json.loads((ds / "transforms_val.json").read_text())["frames"]
+    intr = (m["intrinsics"]["fl_x"], m["intrinsics"]["fl_y"], m["intrinsics"]["cx"], m["intrinsics"]["cy"])
+    hit = total = 0
+    for f in all_frames[::10]:
+        head = read_gray(ds / "parsing" / f"{f['index']:06d}.png") == HEAD
+        h, k = rays_through_box(np.array(f["transform_matrix"]), intr, head, box)
+        hit, total = hit + h, total + k
+    assert total > 0 and hit / total > 0.998  # the face points alone gave 0.990
     report = json.loads((ds / "report.json").read_text())
     assert report["face_detection_ratio"] > 0.9
     pose = report["pose"]

@@ -7,6 +7,8 @@ looking down -z).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from scipy.spatial.transform import Rotation
 
@@ -34,17 +36,66 @@ def camera_to_world(rotations: np.ndarray, translations: np.ndarray, origin_cm: 
     return c2w
 
 
-def head_aabb(shape: np.ndarray, origin_cm: np.ndarray) -> list[float]:
+# Largest half-extent of the head box in world units (30 cm from the head's centre): a bound on what a
+# mis-segmented frame can do to the box, not a size any head reaches.
+AABB_LIMIT = 3.0
+
+
+def head_aabb(
+    shape: np.ndarray, origin_cm: np.ndarray, silhouette: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[float]:
     """A box around the whole head in world units: the face points plus room for hair, ears and the back
-    of the skull, clipped to [-1.5, 1.5]."""
+    of the skull. ``silhouette``: the x/y extent of the head mask in world units (silhouette_extent);
+    the box then grows to hold it, so large hair is not cut off (the head NeRF renders nothing outside
+    the box, and a clipped silhouette was the largest error on the sample subject)."""
     p = (shape - origin_cm) / CM_PER_UNIT
     lo, hi = p.min(0), p.max(0)
     size = hi - lo
+    floor_lo, floor_hi = lo.copy(), hi.copy()  # the silhouette never shrinks the box below the face
     lo = lo - np.array([0.25, 0.15, 0.0]) * size
     hi = hi + np.array([0.25, 0.35, 0.05]) * size
+    if silhouette is not None:
+        pad = 0.05 * size[:2]  # the mask's edge is soft and the poses are not exact
+        s_lo, s_hi = silhouette
+        lo[:2] = np.minimum(lo[:2], s_lo - pad)
+        hi[:2] = np.maximum(hi[:2], s_hi + pad)
+        # below the chin the head mask can run into long hair over the shoulders: the torso's job
+        lo[1] = max(lo[1], floor_lo[1] - 0.5 * size[1])
+    lo[:2] = np.minimum(lo[:2], floor_lo[:2])
+    hi[:2] = np.maximum(hi[:2], floor_hi[:2])
     depth = max(hi[2], -lo[2], 0.9)
     lo[2], hi[2] = -depth, hi[2]
-    return np.clip(np.concatenate([lo, hi]), -1.5, 1.5).round(4).tolist()
+    return np.clip(np.concatenate([lo, hi]), -AABB_LIMIT, AABB_LIMIT).round(4).tolist()
+
+
+def silhouette_extent(
+    c2w: np.ndarray, intrinsics: tuple[float, float, float, float], masks: Iterable[tuple[int, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """World x/y extent (lo [2], hi [2]) of the head's silhouette: each mask's pixels (frame index, bool
+    [R, R]) are cast from that frame's camera (c2w [N, 4, 4], intrinsics fx, fy, cx, cy) onto the plane
+    z = 0 through the head's centre. Per frame the 0.5 / 99.5 percentiles (stray pixels do not count);
+    across frames the 90th percentile of each side (a few bad masks do not count). None: no mask with a
+    head in it."""
+    fx, fy, cx, cy = intrinsics
+    lows, highs = [], []
+    for i, mask in masks:
+        ys, xs = np.nonzero(mask)
+        if xs.size < 50:
+            continue
+        d_cam = np.stack([(xs + 0.5 - cx) / fx, -(ys + 0.5 - cy) / fy, -np.ones(xs.size)], -1)  # [K, 3]
+        d = d_cam @ c2w[i, :3, :3].T
+        o = c2w[i, :3, 3]
+        ok = np.abs(d[:, 2]) > 1e-6  # rays parallel to the plane never reach it
+        t = -o[2] / d[ok, 2]
+        xy = o[:2] + t[:, None] * d[ok, :2]  # [K, 2]
+        xy = xy[t > 0]
+        if len(xy) < 50:
+            continue
+        lows.append(np.percentile(xy, 0.5, axis=0))
+        highs.append(np.percentile(xy, 99.5, axis=0))
+    if not lows:
+        return None
+    return np.percentile(np.stack(lows), 10, axis=0), np.percentile(np.stack(highs), 90, axis=0)
 
 
 def rotation_jitter_deg(rotations: np.ndarray, usable: np.ndarray | None = None) -> float:
