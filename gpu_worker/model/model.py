@@ -62,7 +62,7 @@ class SyncTalkModel(nn.Module):
         self.field = TriPlaneField(config.field, aabb, spec.n_frames)
         self.audio_net = AudioNet(spec.feature_shape, config.field.audio_dim, config.audio)
         self.grid = OccupancyGrid(config.renderer, aabb)
-        self.torso = TorsoNet(config.torso, spec.n_frames)
+        self.torso = TorsoNet(config.torso, spec.n_frames, config.field.audio_dim)
         # enc_a -> lip shape (LIP_SHAPE_PAIRS distances, standardized): the lip-sync auxiliary loss
         self.lip_head = nn.Linear(config.field.audio_dim, LIP_SHAPE_DIM)
 
@@ -152,10 +152,12 @@ class SyncTalkModel(nn.Module):
 
         return render_head_rays_infer(field_fn, self.grid, rays_o, rays_d, group)
 
-    def render_torso(self, px: torch.Tensor, pose: torch.Tensor, index: int | None) -> torch.Tensor:
-        """Pixels [K, 2] (x, y) -> RGBA [K, 4]."""
+    def render_torso(
+        self, px: torch.Tensor, pose: torch.Tensor, enc_a: torch.Tensor, index: int | None
+    ) -> torch.Tensor:
+        """Pixels [K, 2] (x, y), pose [4, 4], the frame's audio code [A] -> RGBA [K, 4]."""
         uv = (px + 0.5) / self.spec.resolution
-        return self.torso(uv, pose, self.torso_latent(index))
+        return self.torso(uv, pose, enc_a.detach(), self.torso_latent(index))
 
     @torch.no_grad()
     def update_grid(

@@ -121,7 +121,7 @@ def render_batch(
     if torso_rgba is None:
         px_d = px.to(dev)
         torso = torch.stack(
-            [m.render_torso(px_d, poses[b].to(dev), latent_indices[b]) for b in range(nb)]
+            [m.render_torso(px_d, poses[b].to(dev), enc_a[b], latent_indices[b]) for b in range(nb)]
         )  # [B, R*R, 4]
     else:
         torso = torso_rgba.reshape(nb, -1, 4).to(dev)
@@ -171,7 +171,11 @@ def render_frame(
             o.to(dev), d.to(dev), enc_a, exp, latent,
             perturb=False, max_samples=loaded.config.renderer.infer_max_samples_per_ray,
         )  # fmt: skip
-        t = m.render_torso(p.to(dev), pose.to(dev), latent_index) if torso is None else torso[s : s + chunk]
+        t = (
+            m.render_torso(p.to(dev), pose.to(dev), enc_a, latent_index)
+            if torso is None
+            else torso[s : s + chunk]
+        )
         bg = t[:, :3] * t[:, 3:] + plate[s : s + chunk] * (1 - t[:, 3:])
         image[s : s + chunk] = head["image"] + (1 - head["alpha"])[:, None] * bg
         alpha[s : s + chunk] = head["alpha"]

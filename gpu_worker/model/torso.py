@@ -24,10 +24,16 @@ def _freq(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class TorsoNet(nn.Module):
-    def __init__(self, config: TorsoConfig, n_frames: int) -> None:
+    def __init__(self, config: TorsoConfig, n_frames: int, audio_dim: int) -> None:
         super().__init__()
         c = config
         self.pose_net = mlp(12, [c.hidden_dim], c.pose_dim)
+        # The jaw covers and uncovers the top of the neck as the mouth moves: on the sample subject the
+        # torso's error under the chin followed the mouth opening (r 0.80), not the pose. The head's
+        # audio code (which predicts the lip shape) enters the torso's code too; zero at the start.
+        self.audio_proj = nn.Linear(audio_dim, c.pose_dim)
+        nn.init.zeros_(self.audio_proj.weight)
+        nn.init.zeros_(self.audio_proj.bias)
         self.deform_net = mlp(2 * 9 + c.pose_dim, [c.hidden_dim, c.hidden_dim], 2)
         # start undeformed: a random initial shift (up to 0.1 of the frame, different per pose) smears
         # the grid over neighbouring pixels before it has learnt anything
@@ -55,12 +61,17 @@ class TorsoNet(nn.Module):
         return list(self.grid.parameters())
 
     def forward(
-        self, uv: torch.Tensor, pose: torch.Tensor, latent: torch.Tensor | None = None
+        self,
+        uv: torch.Tensor,
+        pose: torch.Tensor,
+        enc_a: torch.Tensor,
+        latent: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """uv [K, 2] in 0..1 (x, y of the image), pose [4, 4] -> RGBA [K, 4] (straight alpha)."""
+        """uv [K, 2] in 0..1 (x, y of the image), pose [4, 4], the head's audio code enc_a [A]
+        -> RGBA [K, 4] (straight alpha)."""
         k = uv.shape[0]
         p = (pose[:3, :4].reshape(1, 12) - self.pose_mean) / self.pose_std
-        code = self.pose_net(p)  # [1, P]
+        code = self.pose_net(p) + self.audio_proj(enc_a.reshape(1, -1).float())  # [1, P]
         if latent is not None:
             code = code + latent
         code = code.expand(k, -1)

@@ -282,7 +282,8 @@ class Trainer:
             head = self.model.render_head(
                 batch.rays_o, batch.rays_d, enc_a, exp, self.model.head_latent(batch.index), perturb=False
             )
-        rgba = self.model.render_torso(batch.px, self.dm.poses[batch.index].to(self.device), batch.index)
+        pose = self.dm.poses[batch.index].to(self.device)
+        rgba = self.model.render_torso(batch.px, pose, enc_a, batch.index)
         bg = rgba[:, :3] * rgba[:, 3:] + batch.plate * (1 - rgba[:, 3:])
         pred = composite(head, bg)
         loss = (pred - batch.rgb).abs().mean()

@@ -114,3 +114,21 @@ def test_torso_pose_input_is_standardized_and_saved_with_the_model(synthetic_dat
     assert moving.any()
     assert torch.allclose(z.mean(0), torch.zeros(12), atol=1e-4)
     assert torch.allclose(z.std(0)[moving], torch.ones(int(moving.sum())), atol=1e-3)
+
+
+def test_torso_follows_the_audio_code_without_training_the_audio_net(synthetic_dataset):
+    cfg = profile_config("tiny")
+    model = Trainer(synthetic_dataset, "/nonexistent-unused", cfg).model
+    px = torch.stack(torch.meshgrid(torch.arange(0, 32, 4.0), torch.arange(0, 32, 4.0), indexing="xy"), -1)
+    px, pose = px.reshape(-1, 2), torch.eye(4)
+    quiet, loud = torch.zeros(cfg.field.audio_dim), torch.ones(cfg.field.audio_dim)
+    # a fresh torso ignores the audio (it starts as the pose-only torso did)
+    assert torch.equal(model.render_torso(px, pose, quiet, 0), model.render_torso(px, pose, loud, 0))
+    feats = torch.randn(1, cfg.audio.window, *model.spec.feature_shape)
+    enc_a = model.audio_code(feats)[0]
+    model.render_torso(px, pose, enc_a, 0).sum().backward()
+    assert model.torso.audio_proj.weight.grad.abs().sum() > 0  # the torso learns to use the audio code
+    assert all(p.grad is None for p in model.audio_net.parameters())  # the head's audio net stays as it is
+    with torch.no_grad():
+        model.torso.audio_proj.weight.normal_()
+    assert not torch.allclose(model.render_torso(px, pose, quiet, 0), model.render_torso(px, pose, loud, 0))
