@@ -374,7 +374,7 @@ def _preview() -> RunConfig:
         trainer=TrainerConfig(
             head_steps=4000,
             lips_steps=300,
-            torso_steps=3000,
+            torso_steps=5000,
             checkpoint_every=500,
             log_every=50,
             ema_decay=0.9,

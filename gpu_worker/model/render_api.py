@@ -37,6 +37,20 @@ class LoadedModel:
         return "torso" in self.stages_done
 
 
+# Weights added to the model after models were trained without them, whose initial values leave the
+# output exactly as it was: a model file that lacks them renders as it did when it was trained.
+NEUTRAL_ADDITIONS = ("torso.audio_proj.weight", "torso.audio_proj.bias")  # zero: torso ignores audio
+
+
+def with_neutral_additions(state: dict, model: torch.nn.Module) -> dict:
+    """``state`` with any missing NEUTRAL_ADDITIONS taken from the fresh ``model`` (their neutral init)."""
+    missing = [k for k in NEUTRAL_ADDITIONS if k not in state]
+    if not missing:
+        return state
+    fresh = model.state_dict()
+    return {**state, **{k: fresh[k] for k in missing}}
+
+
 def load_model(model_dir: str | Path, device: str | torch.device | None = None) -> LoadedModel:
     """Load MODEL_DIR/model.pt (the EMA weights written at the end of each stage)."""
     path = Path(model_dir) / FINAL
@@ -46,7 +60,7 @@ def load_model(model_dir: str | Path, device: str | torch.device | None = None) 
         config = config_from_dict(payload["config"])
         spec = ModelSpec.from_dict(payload["spec"])
         model = SyncTalkModel(config, spec).to(dev)
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(with_neutral_additions(payload["model"], model))
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} does not match this model code: {exc}") from exc
     model.eval()

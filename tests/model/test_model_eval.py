@@ -144,3 +144,34 @@ def test_eval_of_missing_or_corrupt_model(tmp_path, settings, tiny_model):
     (bad / FINAL).write_bytes((tiny_model / FINAL).read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt"):
         load_model(bad)
+
+
+def test_model_files_from_before_the_audio_torso_still_render(tmp_path, tiny_model, synthetic_dataset):
+    import shutil
+
+    import torch
+
+    payload = torch.load(tiny_model / FINAL, map_location="cpu", weights_only=False)
+    payload["model"]["torso.audio_proj.weight"].zero_()
+    payload["model"]["torso.audio_proj.bias"].zero_()
+    zeroed, old = tmp_path / "zeroed", tmp_path / "old"
+    for folder in (zeroed, old):
+        shutil.copytree(tiny_model, folder)
+    torch.save(payload, zeroed / FINAL)
+    for key in ("torso.audio_proj.weight", "torso.audio_proj.bias"):
+        del payload["model"][key]  # a model trained before the torso heard the audio
+    torch.save(payload, old / FINAL)
+    info = parse_dataset(synthetic_dataset)
+    ids = info.train_ids[:2]
+    plate = np.zeros((info.resolution, info.resolution, 3), np.float32)
+
+    def frames(folder):
+        m = load_model(folder)
+        args = (info.poses[ids], info.expression[ids], info.audio_features[ids], plate)
+        return np.concatenate([b.images for b in render_frames(m, *args)])
+
+    np.testing.assert_array_equal(frames(old), frames(zeroed))  # renders as the pose-only torso did
+    del payload["model"]["torso.color_net.0.weight"]  # any other missing weight is still refused
+    torch.save(payload, old / FINAL)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model(old)
