@@ -87,7 +87,12 @@ def run_preprocess(
         },
     )
     weights_id = audio_mod.encoder_weights_id(audio_encoder, settings, ave_checkpoint)
-    final_key = chain_key(base, "features", {"encoder": audio_encoder, "weights": weights_id})
+    # the last step's chained key: it changes with anything any step depends on (its parameters too)
+    final_key = chain_key(
+        StepRunner.step_keys(base, audio_encoder, weights_id)["audio"],
+        "features",
+        {"encoder": audio_encoder, "weights": weights_id},
+    )
     published: frozenset[str] = frozenset()
     staging = _staging_dir(out_dir)
     if (out_dir / "manifest.json").is_file():
@@ -100,7 +105,9 @@ def run_preprocess(
             return out_dir
         keys = StepRunner.step_keys(base, audio_encoder, weights_id)
         same = [name for name, key in old.get("step_keys", {}).items() if keys.get(name) == key]
-        if same and (out_dir / STEPS_DIR).is_dir():
+        redo = set(keys) - set(same)
+        # a published dataset has no intermediates (.work): only steps that read none can be redone on it
+        if same and redo <= StepRunner.NO_INTERMEDIATES and (out_dir / STEPS_DIR).is_dir():
             # Only later steps changed (typically the audio encoder): start from a hard-linked copy of
             # the published dataset and redo just those; the published files are never written to
             # (every write replaces a file by rename), so the old dataset stays intact until the swap.

@@ -26,6 +26,7 @@ from gpu_worker.preprocess.images import (
     write_png,
 )
 from gpu_worker.preprocess.pipeline import FPS, WORK, Progress
+from gpu_worker.preprocess.stabilizer.camera import SILHOUETTE_PAD
 from gpu_worker.preprocess.step_cache import (
     AtomicDir,
     StepCache,
@@ -84,6 +85,10 @@ class StepRunner:
         self.info_by_step: dict[str, dict] = {}
 
     # ---- orchestration ----
+    # Steps that read no intermediates of earlier steps (only the source and published dataset files):
+    # the only ones that can be redone on top of a published dataset, whose .work folder is gone.
+    NO_INTERMEDIATES = frozenset({"audio"})
+
     @staticmethod
     def plan(encoder: str, weights_id: str) -> list[tuple[str, dict, list[str]]]:
         """(step, the parameters its key adds, its outputs) in run order. ``weights_id`` names the
@@ -97,7 +102,7 @@ class StepRunner:
             # head_box: how the manifest's aabb is found (a new value redoes this step on old datasets)
             (
                 "stabilize",
-                {"head_box": "silhouette"},
+                {"head_box": "silhouette", "pad": SILHOUETTE_PAD},
                 ["transforms_train.json", "transforms_val.json", f"{WORK}/poses.npz"],
             ),
             (

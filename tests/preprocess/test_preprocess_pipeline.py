@@ -331,3 +331,34 @@ def test_two_faces_follow_the_larger_with_a_warning(tiny_sample, tmp_path):
     crop = json.loads((out / "manifest.json").read_text())["crop"]
     assert report["faces_seen"] == 2 and any("2 faces" in w for w in report["warnings"])
     assert crop["x0"] + crop["size"] / 2 > 160  # centred on the larger face
+
+
+def test_a_changed_step_that_needs_intermediates_redoes_a_published_dataset(
+    tiny_sample, tmp_path, monkeypatch
+):
+    from gpu_worker.preprocess.steps import StepRunner
+
+    settings = tiny_settings(tmp_path)
+    out = run_preprocess(tiny_sample / "subject.mp4", tmp_path / "ds", settings, resolution=96)
+    assert not (out / ".work").exists()  # published: the intermediates are gone
+    plan = StepRunner.plan
+
+    def new_head_box(encoder, weights_id):  # as when the head box's method changes
+        return [
+            (n, {**p, "changed": 1} if n == "stabilize" else p, o) for n, p, o in plan(encoder, weights_id)
+        ]
+
+    monkeypatch.setattr(StepRunner, "plan", staticmethod(new_head_box))
+    events: list = []
+    run_preprocess(
+        tiny_sample / "subject.mp4", tmp_path / "ds", settings, resolution=96,
+        progress=lambda *e: events.append(e),
+    )  # fmt: skip
+    # stabilize reads the face and track intermediates, which a published dataset lacks: all is redone
+    assert ("stabilize", 0.0, "stabilize: started") in events and ("face", 0.0, "face: started") in events
+    events.clear()
+    run_preprocess(
+        tiny_sample / "subject.mp4", tmp_path / "ds", settings, resolution=96,
+        progress=lambda *e: events.append(e),
+    )  # fmt: skip
+    assert [e[0] for e in events] == ["done"]  # and the new dataset is up to date for that plan

@@ -39,6 +39,8 @@ def camera_to_world(rotations: np.ndarray, translations: np.ndarray, origin_cm: 
 # Largest half-extent of the head box in world units (30 cm from the head's centre): a bound on what a
 # mis-segmented frame can do to the box, not a size any head reaches.
 AABB_LIMIT = 3.0
+# Margin around the head's silhouette, as a share of the face points' size.
+SILHOUETTE_PAD = 0.15
 
 
 def head_aabb(
@@ -55,7 +57,9 @@ def head_aabb(
     lo = lo - np.array([0.25, 0.15, 0.0]) * size
     hi = hi + np.array([0.25, 0.35, 0.05]) * size
     if silhouette is not None:
-        pad = 0.05 * size[:2]  # the mask's edge is soft and the poses are not exact
+        # slack around the outline: the hair at the sides lies in front of and behind the plane the
+        # outline was cast onto, the mask's edge is soft, and the poses are not exact
+        pad = SILHOUETTE_PAD * size[:2]
         s_lo, s_hi = silhouette
         lo[:2] = np.minimum(lo[:2], s_lo - pad)
         hi[:2] = np.maximum(hi[:2], s_hi + pad)
