@@ -372,7 +372,7 @@ def _preview() -> RunConfig:
         # down-weighted exactly where the audio has to be learnt (measured: lip-gap r 0.05 -> 0.34)
         loss=LossConfig(uncertainty=False),
         trainer=TrainerConfig(
-            head_steps=4000,
+            head_steps=5500,
             lips_steps=300,
             torso_steps=5000,
             checkpoint_every=500,
