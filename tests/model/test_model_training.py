@@ -136,5 +136,5 @@ def test_profiles_and_stages():
     with pytest.raises(ConfigError):
         profile_config("huge")
     pv = profile_config("preview")
-    assert pv.data.resolution == 128 and pv.trainer.head_steps <= 5000
+    assert pv.data.resolution == 128 and pv.trainer.head_steps <= 6000  # CPU minutes, not hours
     assert torch.__version__  # torch importable for the profiles' users
