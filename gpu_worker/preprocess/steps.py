@@ -26,7 +26,6 @@ from gpu_worker.preprocess.images import (
     write_png,
 )
 from gpu_worker.preprocess.pipeline import FPS, WORK, Progress
-from gpu_worker.preprocess.stabilizer.camera import SILHOUETTE_PAD
 from gpu_worker.preprocess.step_cache import (
     AtomicDir,
     StepCache,
@@ -93,6 +92,8 @@ class StepRunner:
     def plan(encoder: str, weights_id: str) -> list[tuple[str, dict, list[str]]]:
         """(step, the parameters its key adds, its outputs) in run order. ``weights_id`` names the
         encoder's weights (path, size, time: see audio.encoder_weights_id), so new weights redo audio."""
+        from gpu_worker.preprocess.stabilizer.camera import SILHOUETTE_PAD  # scipy: not at import time
+
         return [
             ("track", {}, [f"{WORK}/track.json"]),
             ("analyze", {}, ["frames", f"{WORK}/raw_face.npz"]),

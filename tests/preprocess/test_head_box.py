@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from gpu_worker.preprocess.stabilizer.camera import AABB_LIMIT, head_aabb, silhouette_extent
+from gpu_worker.preprocess.stabilizer.camera import AABB_LIMIT, head_aabb, pixel_rays, silhouette_extent
 
 R, F = 128, 400.0  # image side, focal length (px)
 INTR = (F, F, R / 2, R / 2)
@@ -25,11 +25,7 @@ def _cameras(n: int, seed: int = 0) -> np.ndarray:
 def _disk_mask(c2w: np.ndarray, centre: tuple[float, float], radius: float) -> np.ndarray:
     """Pixels whose ray meets the plane z = 0 inside a disk: bool [R, R]."""
     ys, xs = np.mgrid[0:R, 0:R]
-    d = (
-        np.stack([(xs + 0.5 - R / 2) / F, -(ys + 0.5 - R / 2) / F, -np.ones_like(xs, float)], -1)
-        @ c2w[:3, :3].T
-    )
-    o = c2w[:3, 3]
+    o, d = pixel_rays(c2w, INTR, xs, ys)  # d [R, R, 3]
     t = -o[2] / d[..., 2]
     p = o[:2] + t[..., None] * d[..., :2]
     return np.hypot(p[..., 0] - centre[0], p[..., 1] - centre[1]) < radius

@@ -14,17 +14,15 @@ from gpu_worker.preprocess import run_preprocess
 from gpu_worker.preprocess.errors import ClipTooShortError, NoFaceError, PreprocessError
 from gpu_worker.preprocess.images import read_gray
 from gpu_worker.preprocess.parsing import HEAD
-from gpu_worker.preprocess.stabilizer.camera import AABB_LIMIT
+from gpu_worker.preprocess.stabilizer.camera import AABB_LIMIT, pixel_rays
 
 R = 128
 
 
 def rays_through_box(c2w: np.ndarray, intr: tuple, mask: np.ndarray, box: np.ndarray) -> tuple[int, int]:
     """(rays that meet the box, rays) over the pixels of ``mask`` (slab test, OpenGL camera)."""
-    fx, fy, cx, cy = intr
     ys, xs = np.nonzero(mask)
-    d = np.stack([(xs + 0.5 - cx) / fx, -(ys + 0.5 - cy) / fy, -np.ones(xs.size)], -1) @ c2w[:3, :3].T
-    o = c2w[:3, 3]
+    o, d = pixel_rays(c2w, intr, xs, ys)
     with np.errstate(divide="ignore", invalid="ignore"):
         t0, t1 = (box[:3] - o) / d, (box[3:] - o) / d
     near = np.nanmax(np.minimum(t0, t1), 1)

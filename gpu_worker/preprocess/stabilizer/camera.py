@@ -53,7 +53,8 @@ def head_aabb(
     p = (shape - origin_cm) / CM_PER_UNIT
     lo, hi = p.min(0), p.max(0)
     size = hi - lo
-    floor_lo, floor_hi = lo.copy(), hi.copy()  # the silhouette never shrinks the box below the face
+    chin = lo[1]
+    # the silhouette only ever grows the box (np.minimum / np.maximum): never below the face points
     lo = lo - np.array([0.25, 0.15, 0.0]) * size
     hi = hi + np.array([0.25, 0.35, 0.05]) * size
     if silhouette is not None:
@@ -64,12 +65,20 @@ def head_aabb(
         lo[:2] = np.minimum(lo[:2], s_lo - pad)
         hi[:2] = np.maximum(hi[:2], s_hi + pad)
         # below the chin the head mask can run into long hair over the shoulders: the torso's job
-        lo[1] = max(lo[1], floor_lo[1] - 0.5 * size[1])
-    lo[:2] = np.minimum(lo[:2], floor_lo[:2])
-    hi[:2] = np.maximum(hi[:2], floor_hi[:2])
+        lo[1] = max(lo[1], chin - 0.5 * size[1])
     depth = max(hi[2], -lo[2], 0.9)
     lo[2], hi[2] = -depth, hi[2]
     return np.clip(np.concatenate([lo, hi]), -AABB_LIMIT, AABB_LIMIT).round(4).tolist()
+
+
+def pixel_rays(
+    c2w: np.ndarray, intrinsics: tuple[float, float, float, float], xs: np.ndarray, ys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rays through pixel centres (xs, ys [K]) of a camera (c2w [4, 4], OpenGL; intrinsics fx, fy, cx,
+    cy) -> origin [3], directions [K, 3] (not normalized). The NumPy twin of the model's pixel_rays."""
+    fx, fy, cx, cy = intrinsics
+    d_cam = np.stack([(xs + 0.5 - cx) / fx, -(ys + 0.5 - cy) / fy, -np.ones(np.shape(xs))], -1)
+    return c2w[:3, 3], d_cam @ c2w[:3, :3].T
 
 
 def silhouette_extent(
@@ -80,15 +89,12 @@ def silhouette_extent(
     z = 0 through the head's centre. Per frame the 0.5 / 99.5 percentiles (stray pixels do not count);
     across frames the 90th percentile of each side (a few bad masks do not count). None: no mask with a
     head in it."""
-    fx, fy, cx, cy = intrinsics
     lows, highs = [], []
     for i, mask in masks:
         ys, xs = np.nonzero(mask)
         if xs.size < 50:
             continue
-        d_cam = np.stack([(xs + 0.5 - cx) / fx, -(ys + 0.5 - cy) / fy, -np.ones(xs.size)], -1)  # [K, 3]
-        d = d_cam @ c2w[i, :3, :3].T
-        o = c2w[i, :3, 3]
+        o, d = pixel_rays(c2w[i], intrinsics, xs, ys)
         ok = np.abs(d[:, 2]) > 1e-6  # rays parallel to the plane never reach it
         t = -o[2] / d[ok, 2]
         xy = o[:2] + t[:, None] * d[ok, :2]  # [K, 2]
