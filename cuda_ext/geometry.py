@@ -132,6 +132,7 @@ class GridSpec:
     verts: tuple[int, ...]  # [L] vertices per axis of the dense lattice
     offsets: tuple[int, ...]  # [L + 1] first table row of each level
     align_corners: bool
+    layout: str = "ngp"  # GRID_LAYOUTS: how scales and lattice sizes follow from the arguments
 
     @property
     def num_levels(self) -> int:
@@ -142,6 +143,20 @@ class GridSpec:
         return 0.0 if self.align_corners else 0.5
 
 
+GRID_LAYOUTS = ("ngp", "tcnn")
+"""``ngp``: one spare vertex per axis, so a corner never leaves its level's lattice (the default, and
+the layout of every model trained before 2026-11-27). ``tcnn``: tiny-cuda-nn's own layout (lattice
+side ``ceil(scale) + 1``, scales computed in float32 as tcnn does), so the very same table can be
+handed to tinycudann on a CUDA host and to cuda_ext anywhere else (cuda_ext/tcnn_probe.py)."""
+
+
+def per_level_scale(num_levels: int, base_resolution: int, desired_resolution: int) -> float:
+    """Growth factor between levels (tiny-cuda-nn's ``per_level_scale``; it reads it as a float)."""
+    if num_levels <= 1:
+        return 1.0
+    return math.exp2(math.log2(desired_resolution / base_resolution) / (num_levels - 1))
+
+
 def make_grid_spec(
     input_dim: int,
     num_levels: int,
@@ -150,6 +165,7 @@ def make_grid_spec(
     base_resolution: int,
     desired_resolution: int,
     align_corners: bool = False,
+    layout: str = "ngp",
 ) -> GridSpec:
     """Level l has resolution base * s**l (s so that the last level reaches desired_resolution).
 
@@ -166,18 +182,27 @@ def make_grid_spec(
         raise KernelInputError(f"log2_hashmap_size must be in [4, 24], got {log2_hashmap_size}")
     if base_resolution < 2 or desired_resolution < base_resolution:
         raise KernelInputError("need 2 <= base_resolution <= desired_resolution")
-    if num_levels > 1:
-        per_level = math.exp2(math.log2(desired_resolution / base_resolution) / (num_levels - 1))
-    else:
-        per_level = 1.0
+    if layout not in GRID_LAYOUTS:
+        raise KernelInputError(f"layout must be one of {', '.join(GRID_LAYOUTS)}, got {layout!r}")
+    if layout == "tcnn" and align_corners:
+        raise KernelInputError("the tcnn layout has no align_corners (tiny-cuda-nn samples cell centres)")
+    per_level = per_level_scale(num_levels, base_resolution, desired_resolution)
     scales, verts, offsets = [], [], [0]
     max_rows = 2**log2_hashmap_size
     for lvl in range(num_levels):
-        scale = _f32(base_resolution * per_level**lvl - 1.0)
-        v = int(math.ceil(scale)) + 2  # corners reach floor(x * scale + 0.5) + 1 <= ceil(scale) + 1
+        if layout == "tcnn":
+            # tcnn: exp2f(l * log2f(s)) * base - 1 in float32; side ceil(scale) + 1. A corner at the far
+            # edge reaches index `side` and wraps into the next lattice row (the row index is taken
+            # modulo the level's rows, as tcnn does), which only touches points within half a cell of 1.
+            f32 = np.float32
+            scale = float(np.exp2(f32(lvl) * np.log2(f32(per_level))) * f32(base_resolution) - f32(1.0))
+            v = int(math.ceil(scale)) + 1
+        else:
+            scale = _f32(base_resolution * per_level**lvl - 1.0)
+            v = int(math.ceil(scale)) + 2  # corners reach floor(x * scale + 0.5) + 1 <= ceil(scale) + 1
         rows = min(max_rows, v**input_dim)
         rows = (rows + 7) // 8 * 8
         scales.append(scale)
         verts.append(v)
         offsets.append(offsets[-1] + rows)
-    return GridSpec(input_dim, level_dim, tuple(scales), tuple(verts), tuple(offsets), align_corners)
+    return GridSpec(input_dim, level_dim, tuple(scales), tuple(verts), tuple(offsets), align_corners, layout)

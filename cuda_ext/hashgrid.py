@@ -3,6 +3,9 @@
 Table layout: one ``embeddings`` parameter [rows, C] holding every level back to back
 (GridSpec.offsets); output [N, L*C], level-major. float32 everywhere; float16 tables on CUDA only
 (forward returns the table's dtype; gradients are accumulated in float32 and cast back).
+
+``layout="tcnn"`` sizes the table as tiny-cuda-nn does; such a grid runs through tinycudann on a CUDA
+host where it imports and through cuda_ext's kernels elsewhere, on the same table (tcnn_probe.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from torch import nn
 from . import reference as ref
 from .backend import check, extension_for
 from .errors import KernelInputError
-from .geometry import GridSpec, make_grid_spec
+from .geometry import GridSpec, make_grid_spec, per_level_scale
+from .tcnn_probe import tcnn_config, tcnn_encode, tcnn_encoding
+
+TCNN_DEVICE_TYPES = ("cuda",)  # devices tinycudann runs on (a test adds "cpu" to run a stand-in)
 
 
 def _spec_args(spec: GridSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
@@ -80,6 +86,7 @@ class HashGridEncoder(nn.Module):
         dtype: torch.dtype = torch.float32,
         bound: float | None = None,
         finest_resolution: int | None = None,
+        layout: str = "ngp",
     ) -> None:
         super().__init__()
         if finest_resolution is not None:
@@ -94,7 +101,13 @@ class HashGridEncoder(nn.Module):
             base_resolution,
             desired_resolution,
             align_corners,
+            layout,
         )
+        per_level = per_level_scale(num_levels, base_resolution, desired_resolution)
+        self._tcnn_args = (log2_hashmap_size, base_resolution, per_level)
+        # device -> tcnn.Encoding (or None: use cuda_ext). Kept out of the module tree on purpose:
+        # tcnn's encoding has its own parameter, which must not reach state_dict or the optimizer.
+        self._tcnn: dict[str, nn.Module | None] = {}
         self.input_dim, self.num_levels, self.level_dim = input_dim, num_levels, level_dim
         self.output_dim = num_levels * level_dim
         self.bound = bound
@@ -106,8 +119,24 @@ class HashGridEncoder(nn.Module):
         s = self.spec
         return (
             f"input_dim={s.input_dim}, levels={s.num_levels}, level_dim={s.level_dim}, "
-            f"rows={s.offsets[-1]}, resolutions={s.scales[0] + 1:.0f}..{s.scales[-1] + 1:.0f}"
+            f"rows={s.offsets[-1]}, resolutions={s.scales[0] + 1:.0f}..{s.scales[-1] + 1:.0f}, "
+            f"layout={s.layout}"
         )
+
+    def _tcnn_encoding(self, device: torch.device) -> nn.Module | None:
+        """tinycudann's encoding for a tcnn-layout grid on this CUDA device, else None (cuda_ext)."""
+        if self.spec.layout != "tcnn" or device.type not in TCNN_DEVICE_TYPES:
+            return None
+        key = str(device)
+        if key not in self._tcnn:
+            config = tcnn_config(self.spec, *self._tcnn_args)
+            self._tcnn[key] = tcnn_encoding(self.spec, config, self.embeddings.dtype, device)
+        return self._tcnn[key]
+
+    @property
+    def backend(self) -> str:
+        """``tinycudann`` or ``cuda_ext``: what computes this grid on the table's current device."""
+        return "tinycudann" if self._tcnn_encoding(self.embeddings.device) is not None else "cuda_ext"
 
     def forward(self, x: torch.Tensor, bound: float | None = None) -> torch.Tensor:
         bound = self.bound if bound is None else bound
@@ -117,7 +146,11 @@ class HashGridEncoder(nn.Module):
         x = x.reshape(-1, self.input_dim)
         if bound is not None:
             x = (x + bound) / (2 * bound)
-        out = hash_encode(x.float(), self.embeddings, self.spec)
+        tcnn = self._tcnn_encoding(self.embeddings.device)
+        if tcnn is not None and x.device == self.embeddings.device:
+            out = tcnn_encode(tcnn, x.float().clamp(0.0, 1.0).contiguous(), self.embeddings)
+        else:
+            out = hash_encode(x.float(), self.embeddings, self.spec)
         return out.reshape(*lead, self.output_dim)
 
 
@@ -136,6 +169,7 @@ class TriPlaneEncoder(nn.Module):
         align_corners: bool = False,
         dtype: torch.dtype = torch.float32,
         bound: float | None = None,
+        layout: str = "ngp",
     ) -> None:
         super().__init__()
         self.planes = nn.ModuleList(
@@ -148,6 +182,7 @@ class TriPlaneEncoder(nn.Module):
                 desired_resolution,
                 align_corners,
                 dtype,
+                layout=layout,
             )  # fmt: skip
             for _ in self.PLANES
         )

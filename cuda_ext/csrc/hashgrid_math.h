@@ -18,8 +18,10 @@ struct GridLevels {
   int offset[MAX_LEVELS + 1];
 };
 
-// Row (within the level) of lattice corner c: dense where the lattice fits the level's rows (then the
-// index is already < rows), else hashed (then rows is 2^log2_hashmap_size, so the modulo is a mask).
+// Row (within the level) of lattice corner c: dense where the lattice fits the level's rows, else hashed
+// (then rows is 2^log2_hashmap_size, so the modulo is a mask). Dense: in the ngp layout the index is
+// already < rows; in the tcnn layout a far-edge corner (c == verts) wraps as tcnn's `index % rows` does,
+// and one subtraction is that modulo: c <= verts gives idx <= verts * (verts^D - 1) / (verts - 1) < 2 rows.
 template <int D>
 HD uint32_t grid_index(const uint32_t* c, const GridLevels& g, int level) {
   const uint32_t v = (uint32_t)g.verts[level];
@@ -30,7 +32,7 @@ HD uint32_t grid_index(const uint32_t* c, const GridLevels& g, int level) {
       stride *= v;
       idx += c[d] * stride;
     }
-    return idx;
+    return idx < rows ? idx : idx - rows;
   }
   const uint32_t primes[3] = {1u, 2654435761u, 805459861u};
   uint32_t idx = c[0] * primes[0];

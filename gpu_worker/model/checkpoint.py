@@ -71,9 +71,26 @@ def _diff(expected: dict, found: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# Architecture fields added after checkpoints were first written: (section, field) -> the value every
+# checkpoint written before had. A checkpoint without the field is compared as if it held that value.
+ADDED_ARCH_FIELDS: dict[tuple[str, str], Any] = {
+    ("field", "grid_layout"): "ngp",
+    ("torso", "grid_layout"): "ngp",
+}
+
+
+def _with_added_fields(found: dict) -> dict:
+    found = {k: dict(v) if isinstance(v, dict) else v for k, v in found.items()}
+    for (section, name), value in ADDED_ARCH_FIELDS.items():
+        if isinstance(found.get(section), dict):
+            found[section].setdefault(name, value)
+    return found
+
+
 def check_compatible(payload: dict[str, Any], architecture: dict, spec: dict, path: Path) -> None:
     """Refuse a checkpoint whose architecture or dataset spec differs from the run's."""
-    diffs = _diff(_jsonable(architecture), _jsonable(payload.get("architecture", {})))
+    found = _with_added_fields(payload.get("architecture", {}))
+    diffs = _diff(_jsonable(architecture), _jsonable(found))
     diffs += _diff(_jsonable(spec), _jsonable(payload.get("spec", {})), "dataset.")
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")

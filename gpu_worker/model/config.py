@@ -57,6 +57,9 @@ class FieldConfig:
     density_bias: float = -2.0
     """Initial log-density: the head starts nearly transparent and grows where its colour fits (an
     opaque start tends to collapse to 'all transparent' before the grids tell head from empty space)."""
+    grid_layout: str = "ngp"
+    """Table layout of the hash grids: ``ngp`` (cuda_ext only) or ``tcnn`` (tiny-cuda-nn's layout: the
+    grids run through tinycudann where it imports on a CUDA host, through cuda_ext elsewhere)."""
 
 
 @dataclass
@@ -119,6 +122,8 @@ class TorsoConfig:
     """Width of the deformation and colour MLPs."""
     pose_dim: int = 8
     """Size of the pose code the deformation is conditioned on."""
+    grid_layout: str = "ngp"
+    """Table layout of the torso's hash grid (as ``FieldConfig.grid_layout``)."""
 
 
 @dataclass
@@ -386,6 +391,9 @@ def _standard() -> RunConfig:
     """GPU, paper scale (METHOD.md 2-3)."""
     return RunConfig(
         profile="standard",
+        # tiny-cuda-nn's table layout: tinycudann computes the grids where the GPU image has it
+        field=FieldConfig(grid_layout="tcnn"),
+        torso=TorsoConfig(grid_layout="tcnn"),
         data=DataConfig(
             rays_per_batch=65536,
             frames_per_batch=16,  # 4096 rays from each of 16 frames: the MLPs must use the audio

@@ -12,7 +12,7 @@ from torch import nn
 
 from gpu_worker.model.audio_net import mlp
 from gpu_worker.model.config import FieldConfig
-from gpu_worker.model.kernels import hash_grid
+from gpu_worker.model.kernels import plane_grid
 
 
 def sh_encode(d: torch.Tensor, degree: int) -> torch.Tensor:
@@ -73,12 +73,7 @@ class TriPlaneField(nn.Module):
         c = config
         self.config = c
         self.register_buffer("aabb", aabb.clone().float())
-        self.planes = nn.ModuleList(
-            hash_grid(
-                2, c.num_levels, c.level_dim, c.log2_hashmap_size, c.base_resolution, c.desired_resolution
-            )
-            for _ in range(3)
-        )
+        self.planes = nn.ModuleList(plane_grid(c) for _ in range(3))
         enc_dim = 3 * c.num_levels * c.level_dim
         self.audio_attn = mlp(enc_dim, [c.attn_hidden_dim], c.audio_dim)
         self.exp_attn = mlp(enc_dim, [c.attn_hidden_dim], c.exp_dim)

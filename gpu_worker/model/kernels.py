@@ -1,14 +1,12 @@
 """The one place the model reaches the kernels: cuda_ext's public API only.
 
 cuda_ext picks its backend per device (CUDA kernels, C++ CPU kernels, torch reference; see
-cuda_ext/backend.py), so nothing in the model changes when the backend does. tinycudann is not used
-for the hash grids yet: cuda_ext's own CUDA grid has the same layout on every device, which keeps
-checkpoints portable between CPU and GPU hosts.
+cuda_ext/backend.py), so nothing in the model changes when the backend does. A grid with the ``tcnn``
+layout runs through tinycudann where it imports on a CUDA host, and through cuda_ext elsewhere, on the
+same table: checkpoints move between CPU and GPU hosts either way (cuda_ext/tcnn_probe.py).
 """
 
 from __future__ import annotations
-
-import torch
 
 from cuda_ext import (
     HashGridEncoder,
@@ -32,6 +30,7 @@ __all__ = [
     "march_rays_train",
     "near_far_from_aabb",
     "packbits",
+    "plane_grid",
 ]
 
 
@@ -42,7 +41,8 @@ def hash_grid(
     log2_hashmap_size: int,
     base_resolution: int,
     desired_resolution: int,
-) -> torch.nn.Module:
+    layout: str = "ngp",
+) -> HashGridEncoder:
     """A multi-resolution hash grid taking inputs in [0, 1]^input_dim -> [P, num_levels * level_dim]."""
     return HashGridEncoder(
         input_dim=input_dim,
@@ -51,4 +51,19 @@ def hash_grid(
         log2_hashmap_size=log2_hashmap_size,
         base_resolution=base_resolution,
         desired_resolution=desired_resolution,
+        layout=layout,
+    )
+
+
+def plane_grid(config) -> HashGridEncoder:
+    """A 2D hash grid as a FieldConfig or TorsoConfig describes it (levels, table, resolutions, layout)."""
+    c = config
+    return hash_grid(
+        2,
+        c.num_levels,
+        c.level_dim,
+        c.log2_hashmap_size,
+        c.base_resolution,
+        c.desired_resolution,
+        c.grid_layout,
     )

@@ -12,7 +12,7 @@ from torch import nn
 
 from gpu_worker.model.audio_net import mlp
 from gpu_worker.model.config import TorsoConfig
-from gpu_worker.model.kernels import hash_grid
+from gpu_worker.model.kernels import plane_grid
 
 
 def _freq(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -39,9 +39,7 @@ class TorsoNet(nn.Module):
         # the grid over neighbouring pixels before it has learnt anything
         nn.init.zeros_(self.deform_net[-1].weight)
         nn.init.zeros_(self.deform_net[-1].bias)
-        self.grid = hash_grid(
-            2, c.num_levels, c.level_dim, c.log2_hashmap_size, c.base_resolution, c.desired_resolution
-        )
+        self.grid = plane_grid(c)
         self.color_net = mlp(c.num_levels * c.level_dim + c.pose_dim, [c.hidden_dim, c.hidden_dim], 4)
         self.latents = nn.Embedding(n_frames, c.pose_dim)
         nn.init.zeros_(self.latents.weight)

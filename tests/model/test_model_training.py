@@ -88,6 +88,27 @@ def test_mismatched_checkpoint_is_refused(synthetic_dataset, synthetic_dataset_b
         train_model(tmp_path / "b", tmp_path / "m", cfg, resume=True)
 
 
+def test_grid_layout_is_part_of_the_architecture(synthetic_dataset, tmp_path):
+    assert profile_config("standard").field.grid_layout == "tcnn"  # tinycudann where the GPU has it
+    # tiny-cuda-nn's layout trains on a CPU host too (cuda_ext computes the same grid)
+    cfg = _tiny("head", head_steps=3)
+    cfg.field.grid_layout = cfg.torso.grid_layout = "tcnn"
+    result = train_model(synthetic_dataset, tmp_path / "t", cfg, stop_after=2)
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    with pytest.raises(CheckpointError, match="grid_layout"):
+        train_model(synthetic_dataset, tmp_path / "t", _tiny("head", head_steps=3), resume=True)
+    # a checkpoint written before the layout was recorded is an ngp one, and resumes as one
+    ngp = _tiny("head", head_steps=3)
+    train_model(synthetic_dataset, tmp_path / "n", ngp, stop_after=2)
+    payload = torch.load(tmp_path / "n" / CHECKPOINT, weights_only=False)
+    for section in ("field", "torso"):
+        del payload["architecture"][section]["grid_layout"]
+    torch.save(payload, tmp_path / "n" / CHECKPOINT)
+    assert train_model(synthetic_dataset, tmp_path / "n", ngp, resume=True).global_step == 3
+    with pytest.raises(CheckpointError, match="grid_layout"):
+        train_model(synthetic_dataset, tmp_path / "n", cfg, resume=True)
+
+
 def test_later_stages_need_a_head(synthetic_dataset, tmp_path):
     with pytest.raises(TrainingError, match="trained head"):
         train_model(synthetic_dataset, tmp_path / "m", _tiny("torso"))
