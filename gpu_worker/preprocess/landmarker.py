@@ -41,13 +41,27 @@ def face_landmarker_path(settings: Settings | None) -> Path:
 
 
 @contextmanager
-def open_face_landmarker(settings: Settings | None, *, num_faces: int = 1, min_confidence: float = 0.5):
-    """A FaceLandmarker in VIDEO mode (tracks between frames: faster and steadier than IMAGE mode)."""
+def open_face_landmarker(
+    settings: Settings | None,
+    *,
+    video: bool = True,
+    num_faces: int = 1,
+    min_confidence: float = 0.5,
+    model_file: Path | None = None,
+):
+    """The project's one FaceLandmarker (landmarks, blendshapes and transformation matrices).
+
+    ``video=True``: VIDEO mode, which tracks between frames (faster and steadier; frames go to
+    ``detect_faces`` with increasing timestamps). ``video=False``: IMAGE mode, for unrelated images
+    (``detect_faces(..., timestamp_ms=None)``). ``model_file`` overrides the checksum-verified model
+    file the settings name (for a caller that already resolved it).
+    """
     from mediapipe.tasks.python import BaseOptions, vision
 
+    model = model_file if model_file is not None else face_landmarker_path(settings)
     options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=str(face_landmarker_path(settings))),
-        running_mode=vision.RunningMode.VIDEO,
+        base_options=BaseOptions(model_asset_path=str(model)),
+        running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
         num_faces=num_faces,
         min_face_detection_confidence=min_confidence,
         min_face_presence_confidence=min_confidence,
@@ -62,14 +76,19 @@ def open_face_landmarker(settings: Settings | None, *, num_faces: int = 1, min_c
         landmarker.close()
 
 
-def detect_faces(landmarker, rgb: np.ndarray, timestamp_ms: int) -> list[FaceResult]:
-    """All faces in one RGB frame [H, W, 3] uint8, with coordinates in that frame's pixels."""
+def detect_faces(landmarker, rgb: np.ndarray, timestamp_ms: int | None) -> list[FaceResult]:
+    """All faces in one RGB frame [H, W, 3] uint8, with coordinates in that frame's pixels.
+
+    ``timestamp_ms``: the frame's time for a VIDEO-mode landmarker (increasing); None for IMAGE mode.
+    """
     import mediapipe as mp
 
     h, w = rgb.shape[:2]
-    result = landmarker.detect_for_video(
-        mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb)), int(timestamp_ms)
-    )
+    image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+    if timestamp_ms is None:
+        result = landmarker.detect(image)
+    else:
+        result = landmarker.detect_for_video(image, int(timestamp_ms))
     faces = []
     for i, lms in enumerate(result.face_landmarks):
         arr = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], dtype=np.float32)  # [478, 3]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_worker.preprocess.landmarker import FaceResult, detect_faces, open_face_landmarker
 from gpu_worker.sample.geometry import CV_TO_GL, matrix_to_euler
 from gpu_worker.sample.truth import Truth, load_truth
 from shared.settings import Settings
@@ -39,38 +40,28 @@ class Check:
         return {k: round(float(v), 4) for k, v in self.__dict__.items()}
 
 
-def _landmarker(settings: Settings | None, video: bool):
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    from shared.model_files import model_path
-
-    options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=str(model_path("face_landmarker", settings))),
-        running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
-        num_faces=1,
-        output_facial_transformation_matrixes=True,
-    )
-    return vision.FaceLandmarker.create_from_options(options)
-
-
-def _read(result) -> tuple[float, np.ndarray] | None:
-    if not result.face_landmarks:
+def _read(face: FaceResult | None, width: int, height: int) -> tuple[float, np.ndarray] | None:
+    """(lip gap / face width, head rotation [3, 3]) of the first face, measured in normalized image
+    coordinates as MediaPipe reports them; None where no face was found."""
+    if face is None:
         return None
-    pts = np.array([[p.x, p.y] for p in result.face_landmarks[0]])  # [478, 2] normalized
-    width = np.linalg.norm(pts[FACE_RIGHT] - pts[FACE_LEFT])
-    gap = np.linalg.norm(pts[LIP_BOTTOM] - pts[LIP_TOP]) / max(width, 1e-9)
-    return float(gap), np.array(result.facial_transformation_matrixes[0])[:3, :3]
+    pts = face.landmarks[:, :2].astype(np.float64) / np.array([width, height])  # [478, 2]
+    face_width = np.linalg.norm(pts[FACE_RIGHT] - pts[FACE_LEFT])
+    gap = np.linalg.norm(pts[LIP_BOTTOM] - pts[LIP_TOP]) / max(face_width, 1e-9)
+    return float(gap), face.matrix[:3, :3].astype(np.float64)
+
+
+def _first(faces: list[FaceResult]) -> FaceResult | None:
+    return faces[0] if faces else None
 
 
 def rest_rotation_gl(size: int, settings: Settings | None = None) -> np.ndarray:
     """MediaPipe's rotation [3, 3] of the rest photo at ``size`` (the reference truth rotations are relative to)."""
-    import mediapipe as mp
-
     from gpu_worker.sample.portrait import load_portrait
 
     image = load_portrait(size, settings).image
-    with _landmarker(settings, video=False) as lmk:
-        seen = _read(lmk.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image)))
+    with open_face_landmarker(settings, video=False) as lmk:
+        seen = _read(_first(detect_faces(lmk, image, None)), image.shape[1], image.shape[0])
     if seen is None:
         raise RuntimeError("MediaPipe found no face on the rest portrait")
     return seen[1]
@@ -78,15 +69,13 @@ def rest_rotation_gl(size: int, settings: Settings | None = None) -> np.ndarray:
 
 def measure_clip(video: Path, settings: Settings | None = None) -> Seen:
     """Run the face landmarker on every frame of ``video`` (streamed, video mode as a tracker would)."""
-    import mediapipe as mp
-
     from gpu_worker.media.frames import FrameReader
 
     detected, gaps, rots = [], [], []
-    with _landmarker(settings, video=True) as lmk, FrameReader(video, settings=settings) as reader:
+    with open_face_landmarker(settings) as lmk, FrameReader(video, settings=settings) as reader:
         for i, frame in enumerate(reader):
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
-            seen = _read(lmk.detect_for_video(image, int(i * 1000 / 25)))
+            faces = detect_faces(lmk, frame, int(i * 1000 / 25))  # VIDEO mode needs increasing times only
+            seen = _read(_first(faces), frame.shape[1], frame.shape[0])
             detected.append(seen is not None)
             gaps.append(seen[0] if seen else np.nan)
             rots.append(seen[1] if seen else np.full((3, 3), np.nan))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -50,23 +51,15 @@ def astronaut_photo() -> np.ndarray:
 @lru_cache(maxsize=4)
 def _photo_landmarks(model_file: str) -> np.ndarray:
     """Landmarks of the full photo, [478, 3] in photo pixels (cached: the photo never changes)."""
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
+    from gpu_worker.preprocess.landmarker import detect_faces, open_face_landmarker
 
     photo = astronaut_photo()
-    h, w = photo.shape[:2]
-    options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=model_file),
-        running_mode=vision.RunningMode.IMAGE,
-        num_faces=1,
-    )
-    with vision.FaceLandmarker.create_from_options(options) as landmarker:
-        result = landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=photo))
-    if not result.face_landmarks:
+    with open_face_landmarker(None, video=False, model_file=Path(model_file)) as landmarker:
+        faces = detect_faces(landmarker, photo, None)
+    if not faces:
         raise SampleError("the face landmarker found no face on the sample photo")
-    pts = np.array([[p.x, p.y, p.z] for p in result.face_landmarks[0]], dtype=np.float64)  # [478, 3]
-    # MediaPipe normalises x by width, y by height and z "roughly like x": back to pixels.
-    return pts * np.array([w, h, w], dtype=np.float64)
+    # x, y in photo pixels; z in the same pixel scale (MediaPipe's z is normalised "roughly like x")
+    return faces[0].landmarks.astype(np.float64)
 
 
 def load_portrait(size: int, settings: Settings | None = None) -> Portrait:
