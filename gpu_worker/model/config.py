@@ -22,6 +22,7 @@ class ConfigError(SyncTalkError):
 
 
 STAGES = ("head", "lips", "torso")
+PATCH_LOSSES = ("auto", "lpips", "structural")
 
 
 @dataclass
@@ -164,7 +165,11 @@ class LossConfig:
     attention: float = 1e-3
     """Weight of the masked-attention losses."""
     patch_structure: float = 0.02
-    """Weight of the patch loss (LPIPS when its weights are present, else a structural loss)."""
+    """Weight of the lips stage's patch loss (see ``patch_loss``)."""
+    patch_loss: str = "auto"
+    """``auto``: LPIPS where its weights are in the model directory (``MODEL_DIR/lpips``), else the
+    structural (1 - SSIM) loss; ``lpips``: LPIPS, an error where its weights are missing;
+    ``structural``: 1 - SSIM."""
     lip_sync: float = 0.05
     """Weight of the audio code's lip-shape regression: a linear head on ``enc_a`` predicts the frame's
     lip shape (landmark distances). It teaches the audio net what the mouth does within the first

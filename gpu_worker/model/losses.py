@@ -64,15 +64,32 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
     return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
 
 
-def structural_patch_loss(
+def patch_images(
     pred: torch.Tensor, gt: torch.Tensor, patches: list[tuple[int, int, int]]
-) -> torch.Tensor:
-    """1 - SSIM over each rectangular patch of rays (pred/gt [K, 3], patches (start, h, w))."""
-    losses = []
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rectangular patches of a ray batch as image pairs: pred/gt [K, 3], patches (start, h, w)
+    -> [(pred [1, 3, h, w], gt [1, 3, h, w])], leaving out patches too small to compare (< 3 px)."""
+    pairs = []
     for start, h, w in patches:
         if h < 3 or w < 3:
             continue
         p = pred[start : start + h * w].reshape(1, h, w, 3).permute(0, 3, 1, 2)
         g = gt[start : start + h * w].reshape(1, h, w, 3).permute(0, 3, 1, 2)
-        losses.append(1 - ssim_map(p, g).mean())
+        pairs.append((p, g))
+    return pairs
+
+
+def structural_patch_loss(
+    pred: torch.Tensor, gt: torch.Tensor, patches: list[tuple[int, int, int]]
+) -> torch.Tensor:
+    """1 - SSIM, averaged over the batch's patches (see ``patch_images``)."""
+    losses = [1 - ssim_map(p, g).mean() for p, g in patch_images(pred, gt, patches)]
+    return torch.stack(losses).mean() if losses else pred.new_zeros(())
+
+
+def lpips_patch_loss(
+    pred: torch.Tensor, gt: torch.Tensor, patches: list[tuple[int, int, int]], net: torch.nn.Module
+) -> torch.Tensor:
+    """LPIPS (gpu_worker/model/lpips.py), averaged over the batch's patches."""
+    losses = [net(p, g)[0] for p, g in patch_images(pred, gt, patches)]
     return torch.stack(losses).mean() if losses else pred.new_zeros(())

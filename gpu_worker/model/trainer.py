@@ -20,10 +20,17 @@ import torch
 from gpu_worker.model import kernels
 from gpu_worker.model.audio_net import window_indices
 from gpu_worker.model.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_atomic
-from gpu_worker.model.config import RunConfig
+from gpu_worker.model.config import PATCH_LOSSES, ConfigError, RunConfig
 from gpu_worker.model.datamanager import DataManager, RayBatch
 from gpu_worker.model.dataparser import lip_shape, parse_dataset
-from gpu_worker.model.losses import alpha_entropy, masked_attention, photometric, structural_patch_loss
+from gpu_worker.model.losses import (
+    alpha_entropy,
+    lpips_patch_loss,
+    masked_attention,
+    photometric,
+    structural_patch_loss,
+)
+from gpu_worker.model.lpips import LPIPS, load_lpips, lpips_dir
 from gpu_worker.model.model import ModelSpec, SyncTalkModel, composite
 from shared.errors import SyncTalkError
 
@@ -71,6 +78,7 @@ class Trainer:
         *,
         device: str | torch.device | None = None,
         progress: ProgressFn | None = None,
+        weights_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
@@ -104,6 +112,34 @@ class Trainer:
         self.history: list[dict] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.lpips = self._load_patch_net(weights_dir)
+
+    def _load_patch_net(self, weights_dir: Path | None) -> LPIPS | None:
+        """The LPIPS network where the lips stage's patch loss is LPIPS (``LossConfig.patch_loss``).
+
+        ``weights_dir``: the folder of model weight files (``settings.model_dir``; the process's
+        settings when None), not the run's output folder."""
+        choice = self.config.loss.patch_loss
+        if choice not in PATCH_LOSSES:
+            raise ConfigError(f"loss.patch_loss must be one of {', '.join(PATCH_LOSSES)}, got {choice!r}")
+        if choice == "structural" or "lips" not in self.config.stages:
+            return None
+        if weights_dir is None:
+            from shared.settings import get_settings
+
+            weights_dir = get_settings().model_dir
+        net = load_lpips(weights_dir, self.device)
+        if net is None and choice == "lpips":
+            raise TrainingError(
+                f"loss.patch_loss is 'lpips' but {lpips_dir(weights_dir)} does not exist "
+                "(docs/MODEL.md, LPIPS); use 'auto' to fall back to the structural loss"
+            )
+        return net
+
+    @property
+    def patch_loss(self) -> str:
+        """What the lips stage's patch loss is in this run: ``lpips`` or ``structural``."""
+        return "lpips" if self.lpips is not None else "structural"
 
     # ---- optimiser per stage ------------------------------------------------------------------
     def _build_optimizer(self, stage: str) -> None:
@@ -212,6 +248,7 @@ class Trainer:
             "spec": self.spec.to_dict(),
             "device": str(self.device),
             "kernels": kernels.backend_name(self.device),
+            "patch_loss": self.patch_loss,
             "torch": torch.__version__,
         }
         tmp = self.out_dir / ".config.json.tmp"
@@ -262,7 +299,11 @@ class Trainer:
             head["attn_a"], head["attn_e"], batch.lower_face
         )
         if stage == "lips" and batch.patches:
-            losses["patch"] = lc.patch_structure * structural_patch_loss(pred, batch.rgb, batch.patches)
+            if self.lpips is not None:
+                patch = lpips_patch_loss(pred, batch.rgb, batch.patches, self.lpips)
+            else:
+                patch = structural_patch_loss(pred, batch.rgb, batch.patches)
+            losses["patch"] = lc.patch_structure * patch
         if lc.lip_sync > 0:
             losses["lip_sync"] = lc.lip_sync * self._lip_sync_loss()
         return sum(losses.values()), pred
@@ -414,10 +455,14 @@ def train_model(
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
     stop_after: int | None = None,
+    weights_dir: Path | None = None,
 ) -> TrainResult:
-    """Train (or resume training) a model on a dataset into ``out_dir`` (config.json, checkpoints, model.pt)."""
+    """Train (or resume training) a model on a dataset into ``out_dir`` (config.json, checkpoints, model.pt).
+
+    ``weights_dir``: where optional weight files (LPIPS) are looked for; the settings' model_dir by default.
+    """
     out = Path(out_dir)
-    trainer = Trainer(dataset_dir, out, config, device=device, progress=progress)
+    trainer = Trainer(dataset_dir, out, config, device=device, progress=progress, weights_dir=weights_dir)
     ckpt = out / CHECKPOINT
     if resume and ckpt.exists():
         trainer.load_checkpoint(ckpt)
@@ -439,8 +484,8 @@ def train(
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """Stage function by profile name (the CLI, the demo and the worker call this). ``settings`` is
-    accepted for the common stage signature; training reads nothing from it yet."""
+    """Stage function by profile name (the CLI, the demo and the worker call this). ``settings``:
+    where optional weight files (LPIPS) are looked for (its ``model_dir``)."""
     from gpu_worker.model.config import profile_config
 
     return train_model(
@@ -450,4 +495,5 @@ def train(
         resume=resume,
         device=device,
         progress=progress,
+        weights_dir=settings.model_dir if settings is not None else None,
     )

@@ -82,19 +82,38 @@ def train_ave(
     "--steps-scale", default=1.0, show_default=True, help="Multiply every stage's steps (quick tries)."
 )
 @click.option("--device", default=None, help="cpu or cuda (default: cuda where available).")
+@click.option(
+    "--patch-loss",
+    type=click.Choice(["auto", "lpips", "structural"]),
+    default="auto",
+    show_default=True,
+    help="Lips-stage patch loss: LPIPS where its weights are in the model directory (auto), or 1 - SSIM.",
+)
 def train(
-    dataset: Path, out: Path, profile: str, stages: str, resume: bool, steps_scale: float, device: str | None
+    dataset: Path,
+    out: Path,
+    profile: str,
+    stages: str,
+    resume: bool,
+    steps_scale: float,
+    device: str | None,
+    patch_loss: str,
 ) -> None:
     """Train the SyncTalk model on a preprocessed DATASET into a model folder."""
     from gpu_worker.model.config import profile_config
     from gpu_worker.model.trainer import train_model
+    from shared.settings import get_settings
 
     cfg = profile_config(profile, stages)
+    cfg.loss.patch_loss = patch_loss
     for s in ("head", "lips", "torso"):
         setattr(cfg.trainer, f"{s}_steps", max(1, int(round(cfg.steps_of(s) * steps_scale))))
     bar, progress = _bar_progress()
     try:
-        result = train_model(dataset, out, cfg, resume=resume, device=device, progress=progress)
+        result = train_model(
+            dataset, out, cfg, resume=resume, device=device, progress=progress,
+            weights_dir=get_settings().model_dir,
+        )  # fmt: skip
     finally:
         bar.close()
     last = result.history[-1] if result.history else {}

@@ -29,6 +29,13 @@ def test_train_then_eval_then_resume_errors(synthetic_dataset, tmp_path):
     res = runner.invoke(cli, [*args, "--resume"])
     assert res.exit_code == 1 and "[checkpoint_invalid]" in res.output
 
+    # LPIPS asked for where its weights are not (no lpips folder in the model directory): one line,
+    # before any training
+    lips = [*args[:2], "--out", str(tmp_path / "l"), "--profile", "tiny", "--patch-loss", "lpips"]
+    res = runner.invoke(cli, lips)
+    assert res.exit_code == 1 and "[training_failed]" in res.output and "patch_loss is 'lpips'" in res.output
+    assert not (tmp_path / "l" / "checkpoints").exists()
+
 
 def test_train_ave_reports_accuracy_and_offset(synthetic_dataset, tmp_path):
     res = CliRunner().invoke(
