@@ -125,9 +125,11 @@ class DataManager:
     def _multi_frame(self, generator: torch.Generator) -> RayBatch:
         """Head-stage rays from ``frames_per_batch`` random training frames, concatenated."""
         nf = self.config.frames_per_batch
-        parts = [self._sample_frame("head", generator, self.config.rays_per_batch // nf) for _ in range(nf)]
+        k = self.config.rays_per_batch // nf
+        # gathered on the host and moved to the device once per tensor, not once per frame
+        parts = [self._sample_frame("head", generator, k, device=torch.device("cpu")) for _ in range(nf)]
         cat = {
-            name: torch.cat([getattr(b, name) for b in parts])
+            name: torch.cat([getattr(b, name) for b in parts]).to(self.device)
             for name in ("px", "rays_o", "rays_d", "rgb", "bg", "plate", "torso", "lower_face")
         }
         group = torch.cat([torch.full((b.px.shape[0],), j, dtype=torch.long) for j, b in enumerate(parts)])
@@ -135,7 +137,9 @@ class DataManager:
             index=parts[0].index, frames=[b.index for b in parts], group=group.to(self.device), **cat
         )
 
-    def _sample_frame(self, stage: str, generator: torch.Generator, k: int) -> RayBatch:
+    def _sample_frame(
+        self, stage: str, generator: torch.Generator, k: int, device: torch.device | None = None
+    ) -> RayBatch:
         ids = self.info.train_ids
         index = int(ids[int(torch.randint(len(ids), (1,), generator=generator))])
         res = self.info.resolution
@@ -156,7 +160,7 @@ class DataManager:
                     _uniform(k - k_head - k_lips, (0, 0, res, res), generator),
                 ]
             )
-        return self._batch(index, pix, patches)
+        return self._batch(index, pix, patches, device or self.device)
 
     def _lips_pixels(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, list]:
         x0, y0, x1, y1 = (int(v) for v in self.info.lips_box[index])
@@ -178,7 +182,7 @@ class DataManager:
             start += ps * ps
         return torch.cat(pieces), patches
 
-    def _batch(self, index: int, pix: torch.Tensor, patches: list) -> RayBatch:
+    def _batch(self, index: int, pix: torch.Tensor, patches: list, dev: torch.device) -> RayBatch:
         xi, yi = pix[:, 0].long(), pix[:, 1].long()
         gt = self.image("gt", index)[yi, xi]  # [K, 3]
         torso = self.image("torso", index)[yi, xi]  # [K, 4]
@@ -187,7 +191,6 @@ class DataManager:
         x0, y0, x1, y1 = (int(v) for v in self.info.lower_face_box[index])
         lower = (xi >= x0) & (xi < x1) & (yi >= y0) & (yi < y1)
         rays_o, rays_d = pixel_rays(self.poses[index], self.intrinsics, pix)
-        dev = self.device
         return RayBatch(
             index=index,
             px=pix.to(dev),

@@ -110,6 +110,25 @@ class TriPlaneField(nn.Module):
         sigma = density_activation(h[:, 0])  # [M]
         return {"sigma": sigma, "geo": h[:, 1:], "enc_x": enc_x, "a_attn": a_attn, "e_attn": e_attn}
 
+    @torch.no_grad()
+    def max_density(
+        self, xyz: torch.Tensor, conditions: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """xyz [M, 3], frames' conditions [(enc_a [A], exp [7]), ...] -> the largest sigma [M] over them.
+
+        The occupancy grid's update: the grid features and the region attention depend on the point
+        only, so they are computed once for all the conditions.
+        """
+        enc_x = self.encode(xyz)  # [M, E]
+        a_attn = torch.sigmoid(self.audio_attn(enc_x))  # [M, A]
+        e_attn = torch.sigmoid(self.exp_attn(enc_x))  # [M, 7]
+        best = None
+        for enc_a, exp in conditions:
+            h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, exp * e_attn], -1))
+            sigma = density_activation(h[:, 0])
+            best = sigma if best is None else torch.maximum(best, sigma)
+        return best
+
     def forward(
         self,
         xyz: torch.Tensor,

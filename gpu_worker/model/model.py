@@ -165,11 +165,7 @@ class SyncTalkModel(nn.Module):
     ) -> None:
         """Refresh the occupancy grid for some frames' (enc_a [A], exp [7]): the max density is kept."""
 
-        def density_fn(xyz: torch.Tensor) -> torch.Tensor:
-            sig = [self.field.density(xyz, a, e)["sigma"] for a, e in conditions]
-            return torch.stack(sig).amax(0)
-
-        self.grid.update(density_fn, generator)
+        self.grid.update(lambda xyz: self.field.max_density(xyz, conditions), generator)
 
 
 def composite(head: dict[str, torch.Tensor], bg: torch.Tensor) -> torch.Tensor:

@@ -132,3 +132,18 @@ def test_torso_follows_the_audio_code_without_training_the_audio_net(synthetic_d
     with torch.no_grad():
         model.torso.audio_proj.weight.normal_()
     assert not torch.allclose(model.render_torso(px, pose, quiet, 0), model.render_torso(px, pose, loud, 0))
+
+
+def test_grid_update_density_is_the_max_over_the_frames_conditions(synthetic_dataset, tmp_path):
+    """The occupancy grid's density shares the point features between conditions; same values as
+    evaluating the field once per condition."""
+    trainer = Trainer(synthetic_dataset, tmp_path / "m", profile_config("tiny", "head"))
+    field = trainer.model.field
+    torch.manual_seed(0)
+    for grid in field.planes:  # a field that varies in space, not the near-zero initial tables
+        grid.embeddings.data.normal_(0, 1)
+    xyz = torch.rand(500, 3) * 2 - 1
+    conds = [trainer._conditions(int(i)) for i in trainer.info.train_ids[:3]]
+    each = torch.stack([field.density(xyz, a, e)["sigma"] for a, e in conds])  # [3, M]
+    assert (each.amax(0) > each.amin(0)).any()  # the conditions differ somewhere
+    torch.testing.assert_close(field.max_density(xyz, conds), each.amax(0))
