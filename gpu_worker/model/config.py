@@ -144,6 +144,13 @@ class DataConfig:
     lips_fraction: float = 0.0
     """Share of the head stage's rays drawn inside the lips box (taken from the head's share): the
     mouth is a few percent of the face but carries all of the audio's effect."""
+    eyes_fraction: float = 0.0
+    """Share of the head stage's rays drawn inside the eyes box (taken from the head's share): the
+    eyes are a fraction of a percent of the frame, and a blink shows nowhere else."""
+    expression_sampling: float = 0.0
+    """Head-stage frames are drawn with weight ``(1 - s) + s * novelty``, novelty being the frame's
+    distance from the median expression (mean 1 over the training frames). Rare expressions such as
+    blinks (a few percent of the frames) are then seen often enough to be learnt; 0 draws uniformly."""
     patch_size: int = 32
     """Side of the random patches of the lips stage (64 at full scale)."""
     patches_per_batch: int = 2
@@ -375,6 +382,9 @@ def _preview() -> RunConfig:
             rays_per_batch=2048,
             frames_per_batch=8,
             lips_fraction=0.2,
+            # blinks: 12 of 500 sample frames; without these (and the scaled expression) none rendered
+            eyes_fraction=0.1,
+            expression_sampling=0.3,
             patch_size=24,
             patches_per_batch=1,
         ),
@@ -403,6 +413,8 @@ def _standard() -> RunConfig:
             rays_per_batch=65536,
             frames_per_batch=16,  # 4096 rays from each of 16 frames: the MLPs must use the audio
             lips_fraction=0.2,
+            eyes_fraction=0.1,  # as preview (measured there): blinks are rare and small
+            expression_sampling=0.3,
             patch_size=64,
             patches_per_batch=4,
             cache_bytes=4 * 1024**3,

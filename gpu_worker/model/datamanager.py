@@ -105,6 +105,7 @@ class DataManager:
         if not bg_path.exists():
             raise DatasetError(f"dataset {info.root} has no background.png")
         self.background = torch.from_numpy(self.cache.get(bg_path, 3))  # [R, R, 3]
+        self.head_frame_weights = expression_weights(info, config.expression_sampling)  # [T] or None
 
     # ---- whole images -------------------------------------------------------------------------
     def image(self, kind: str, index: int) -> torch.Tensor:
@@ -141,7 +142,12 @@ class DataManager:
         self, stage: str, generator: torch.Generator, k: int, device: torch.device | None = None
     ) -> RayBatch:
         ids = self.info.train_ids
-        index = int(ids[int(torch.randint(len(ids), (1,), generator=generator))])
+        weights = self.head_frame_weights if stage == "head" else None
+        if weights is None:
+            pick = int(torch.randint(len(ids), (1,), generator=generator))
+        else:
+            pick = int(torch.multinomial(weights, 1, generator=generator))
+        index = int(ids[pick])
         res = self.info.resolution
         patches: list[tuple[int, int, int]] = []
         if stage == "lips":
@@ -150,14 +156,17 @@ class DataManager:
             pix = _uniform(k, (0, 0, res, res), generator)
         else:
             k_lips = int(round(k * self.config.lips_fraction))
-            k_head = int(round(k * self.config.head_fraction)) - k_lips
+            k_eyes = int(round(k * self.config.eyes_fraction))
+            k_face = int(round(k * self.config.head_fraction)) - k_lips - k_eyes
             box = tuple(int(v) for v in self.info.face_box[index])
             lips = tuple(int(v) for v in self.info.lips_box[index])
+            eyes = tuple(int(v) for v in self.info.eyes_box[index])
             pix = torch.cat(
                 [
                     _uniform(k_lips, lips, generator),
-                    _uniform(k_head, box, generator),
-                    _uniform(k - k_head - k_lips, (0, 0, res, res), generator),
+                    _uniform(k_eyes, eyes, generator),
+                    _uniform(k_face, box, generator),
+                    _uniform(k - k_face - k_lips - k_eyes, (0, 0, res, res), generator),
                 ]
             )
         return self._batch(index, pix, patches, device or self.device)
@@ -203,6 +212,23 @@ class DataManager:
             lower_face=lower.to(dev),
             patches=patches,
         )
+
+
+def expression_weights(info: DatasetInfo, strength: float) -> torch.Tensor | None:
+    """Draw weights [T] of the training frames (``DataConfig.expression_sampling``), None for uniform.
+
+    weight = (1 - s) + s * novelty, novelty being the distance of a frame's expression from the training
+    frames' median divided by its mean: below 1 for a common expression, several times 1 for a blink.
+    Frames all alike (no spread) are drawn uniformly.
+    """
+    if strength <= 0:
+        return None
+    exp = info.expression[info.train_ids].astype(np.float64)  # [T, 7]
+    dist = np.linalg.norm(exp - np.median(exp, axis=0), axis=1)  # [T]
+    if dist.mean() < 1e-6:
+        return None
+    weights = (1 - strength) + strength * dist / dist.mean()
+    return torch.from_numpy(weights.astype(np.float32))
 
 
 def _uniform(k: int, box: tuple[int, int, int, int], generator: torch.Generator) -> torch.Tensor:

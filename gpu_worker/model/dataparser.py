@@ -16,6 +16,9 @@ from shared.errors import SyncTalkError
 
 # MediaPipe FaceMesh indices used for boxes and mouth measures.
 LIPS_OUTER = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
+# both eyes' lid contours (MediaPipe face mesh): the box where a blink shows
+EYES = [33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246,
+        263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466]  # fmt: skip
 LIPS_INNER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191]
 LIP_UPPER_INNER, LIP_LOWER_INNER = 13, 14
 MOUTH_LEFT, MOUTH_RIGHT = 61, 291
@@ -55,6 +58,7 @@ class DatasetInfo:
     val_ids: np.ndarray  # [n_val]
     face_box: np.ndarray  # [N, 4] x0, y0, x1, y1 (int, working px): head incl. hair margin
     lips_box: np.ndarray  # [N, 4]
+    eyes_box: np.ndarray  # [N, 4]: both eyes and their lids
     lower_face_box: np.ndarray  # [N, 4]: where the audio may act
 
     @property
@@ -169,6 +173,7 @@ def parse_dataset(root: str | Path, resolution: int | None = None) -> DatasetInf
         val_ids=val_ids,
         face_box=_box(pts, res, grow_x=0.25, up=0.6, down=0.1),
         lips_box=_box(pts[:, LIPS_OUTER], res, grow_x=0.2, up=0.3, down=0.3),
+        eyes_box=_box(pts[:, EYES], res, grow_x=0.1, up=0.6, down=0.6),
         lower_face_box=lower_box,
     )
 
@@ -189,6 +194,21 @@ def lip_shape(landmarks: np.ndarray) -> np.ndarray:
     d = np.linalg.norm(landmarks[:, a, :2] - landmarks[:, b, :2], axis=-1)  # [N, 10]
     iod = np.linalg.norm(landmarks[:, EYE_OUTER_RIGHT, :2] - landmarks[:, EYE_OUTER_LEFT, :2], axis=-1)
     return (d / np.maximum(iod, 1e-6)[:, None]).astype(np.float32)
+
+
+# (upper lid, lower lid, outer corner, inner corner) of each eye
+EYE_LIDS = ((159, 145, 33, 133), (386, 374, 263, 362))
+
+
+def eye_openness(landmarks: np.ndarray) -> np.ndarray:
+    """Lid gap / eye width per frame, averaged over both eyes, from landmarks [N, 478, >=2] -> [N]
+    (about 0.4 open, under 0.1 shut)."""
+    out = []
+    for top, bottom, outer, inner in EYE_LIDS:
+        gap = np.linalg.norm(landmarks[:, top, :2] - landmarks[:, bottom, :2], axis=-1)
+        width = np.linalg.norm(landmarks[:, outer, :2] - landmarks[:, inner, :2], axis=-1)
+        out.append(gap / np.maximum(width, 1e-6))
+    return np.mean(out, axis=0)
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:

@@ -205,6 +205,7 @@ def _self_driven(
     if pred_lms:
         res["lmd_px"], res["lmd"] = M.lmd(np.stack(pred_lms), np.stack(gt_lms))
         res["lmd_frames"] = len(pred_lms)
+        res.update(M.eye_agreement(np.stack(pred_lms), np.stack(gt_lms)))
     if mel_path.exists():
         from gpu_worker.preprocess.audio import mel_windows
 

@@ -67,6 +67,9 @@ def density_activation(h: torch.Tensor) -> torch.Tensor:
     return _BoundedExp.apply(h)
 
 
+EXP_STD_FLOOR = 0.02  # below this spread the expression is treated as (nearly) constant
+
+
 class TriPlaneField(nn.Module):
     def __init__(self, config: FieldConfig, aabb: torch.Tensor, n_frames: int) -> None:
         super().__init__()
@@ -86,6 +89,26 @@ class TriPlaneField(nn.Module):
         self.unc_net = mlp(enc_dim, [c.attn_hidden_dim], 1)
         self.latents = nn.Embedding(n_frames, c.latent_dim)
         nn.init.zeros_(self.latents.weight)
+        # the expression enters centred and scaled over the training frames (set_expression_stats): a
+        # blink moves its two raw coefficients by ~0.4 in a few percent of the frames, too little for
+        # the MLPs to pick up in a short run next to the grids (measured: blinks were never rendered).
+        # The identity until set, which is how model files from before load (render_api)
+        self.register_buffer("exp_mean", torch.zeros(c.exp_dim))
+        self.register_buffer("exp_std", torch.ones(c.exp_dim))
+
+    @torch.no_grad()
+    def set_expression_stats(self, expression: torch.Tensor) -> None:
+        """Centre the expression input on the training frames' mean and scale it so the coefficient that
+        moves most has unit spread ([N, 7], saved with the model). One scale for all seven keeps their
+        proportions: a coefficient that barely moves (MediaPipe's noise on a still brow) stays small
+        instead of being blown up to the size of a blink."""
+        exp = expression.float()
+        self.exp_mean.copy_(exp.mean(0))
+        spread = exp.std(0).max().clamp_min(EXP_STD_FLOOR) if exp.shape[0] > 1 else exp.new_ones(())
+        self.exp_std.copy_(spread.expand_as(self.exp_std))
+
+    def _standardized(self, exp: torch.Tensor) -> torch.Tensor:
+        return (exp - self.exp_mean) / self.exp_std
 
     def grid_parameters(self) -> list[nn.Parameter]:
         return list(self.planes.parameters())
@@ -105,7 +128,7 @@ class TriPlaneField(nn.Module):
         a_attn = torch.sigmoid(self.audio_attn(enc_x))  # [M, A]
         e_attn = torch.sigmoid(self.exp_attn(enc_x))  # [M, 7]
         enc_a = enc_a.expand(m, -1) if enc_a.dim() == 1 else enc_a
-        exp = exp.expand(m, -1) if exp.dim() == 1 else exp
+        exp = self._standardized(exp.expand(m, -1) if exp.dim() == 1 else exp)
         h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, exp * e_attn], -1))
         sigma = density_activation(h[:, 0])  # [M]
         return {"sigma": sigma, "geo": h[:, 1:], "enc_x": enc_x, "a_attn": a_attn, "e_attn": e_attn}
@@ -124,7 +147,7 @@ class TriPlaneField(nn.Module):
         e_attn = torch.sigmoid(self.exp_attn(enc_x))  # [M, 7]
         best = None
         for enc_a, exp in conditions:
-            h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, exp * e_attn], -1))
+            h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, self._standardized(exp) * e_attn], -1))
             sigma = density_activation(h[:, 0])
             best = sigma if best is None else torch.maximum(best, sigma)
         return best

@@ -6,7 +6,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from gpu_worker.model.dataparser import EYE_OUTER_LEFT, EYE_OUTER_RIGHT, LIPS_INNER, LIPS_OUTER, mouth_opening
+from gpu_worker.model.dataparser import (
+    EYE_OUTER_LEFT,
+    EYE_OUTER_RIGHT,
+    LIPS_INNER,
+    LIPS_OUTER,
+    eye_openness,
+    mouth_opening,
+)
 
 MOUTH = LIPS_OUTER + LIPS_INNER
 
@@ -30,6 +37,20 @@ def lmd(pred_lms: np.ndarray, gt_lms: np.ndarray) -> tuple[float, float]:
     d = np.linalg.norm(pred_lms[:, MOUTH, :2] - gt_lms[:, MOUTH, :2], axis=-1).mean(-1)  # [F]
     iod = np.linalg.norm(gt_lms[:, EYE_OUTER_RIGHT, :2] - gt_lms[:, EYE_OUTER_LEFT, :2], axis=-1)
     return float(d.mean()), float((d / np.maximum(iod, 1e-6)).mean())
+
+
+def eye_agreement(pred_lms: np.ndarray, gt_lms: np.ndarray) -> dict:
+    """Do the rendered eyes open and close with the truth's? Landmarks [F, 478, >=2] each ->
+    ``eye_openness_corr`` (Pearson r of lid gap / eye width, None where the truth's eyes never move),
+    ``eyes_closed_frames`` (truth frames with the eyes under half their median openness) and
+    ``eye_openness_closed`` (render / truth openness over those frames: 1 = blinks rendered, ~4 = not)."""
+    pred, gt = eye_openness(pred_lms), eye_openness(gt_lms)
+    closed = gt < 0.5 * np.median(gt)
+    out = {"eye_openness_corr": pearson(pred, gt), "eyes_closed_frames": int(closed.sum())}
+    out["eye_openness_closed"] = (
+        float(pred[closed].mean() / max(gt[closed].mean(), 1e-6)) if closed.any() else None
+    )
+    return out
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -39,7 +39,12 @@ class LoadedModel:
 
 # Weights added to the model after models were trained without them, whose initial values leave the
 # output exactly as it was: a model file that lacks them renders as it did when it was trained.
-NEUTRAL_ADDITIONS = ("torso.audio_proj.weight", "torso.audio_proj.bias")  # zero: torso ignores audio
+NEUTRAL_ADDITIONS = (
+    "torso.audio_proj.weight",  # zero: the torso ignores the audio (before 2026-11-27)
+    "torso.audio_proj.bias",
+    "field.exp_mean",  # 0 and 1: the expression enters as it is (before 2026-11-27)
+    "field.exp_std",
+)
 
 
 def with_neutral_additions(state: dict, model: torch.nn.Module) -> dict:

@@ -91,6 +91,8 @@ class Trainer:
         self.model = SyncTalkModel(config, self.spec).to(self.device)
         train_poses = torch.from_numpy(self.info.poses[self.info.train_ids])
         self.model.torso.set_pose_stats(train_poses.to(self.device))
+        train_exp = torch.from_numpy(self.info.expression[self.info.train_ids])
+        self.model.field.set_expression_stats(train_exp.to(self.device))
         self.dm = DataManager(self.info, config.data, self.device)
         self.feats = torch.from_numpy(self.info.audio_features).to(self.device)  # [N, *shape]
         self.expr = torch.from_numpy(self.info.expression).to(self.device)  # [N, 7]

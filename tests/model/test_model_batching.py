@@ -9,8 +9,9 @@ import torch
 
 from gpu_worker.model.audio_net import window_indices
 from gpu_worker.model.config import profile_config
-from gpu_worker.model.datamanager import DataManager, pixel_rays
-from gpu_worker.model.dataparser import lip_shape, mouth_opening, parse_dataset
+from gpu_worker.model.datamanager import DataManager, expression_weights, pixel_rays
+from gpu_worker.model.dataparser import EYE_LIDS, EYES, lip_shape, mouth_opening, parse_dataset
+from gpu_worker.model.metrics import eye_agreement
 from gpu_worker.model.renderer import sample_rays
 from gpu_worker.model.trainer import Trainer
 
@@ -147,3 +148,70 @@ def test_grid_update_density_is_the_max_over_the_frames_conditions(synthetic_dat
     each = torch.stack([field.density(xyz, a, e)["sigma"] for a, e in conds])  # [3, M]
     assert (each.amax(0) > each.amin(0)).any()  # the conditions differ somewhere
     torch.testing.assert_close(field.max_density(xyz, conds), each.amax(0))
+
+
+def test_eye_rays_and_rare_expressions_are_drawn_more(synthetic_dataset):
+    """eyes_fraction puts its share of the head rays in the eyes box; expression_sampling draws the
+    frames whose expression is far from the usual (a blink) several times more often than uniform."""
+    info = parse_dataset(synthetic_dataset, 32)
+    eyes = info.eyes_box
+    assert ((eyes[:, 2] > eyes[:, 0]) & (eyes[:, 3] > eyes[:, 1])).all()
+    lms = info.landmarks[:, EYES, :2]  # the eyes' landmarks lie in their box
+    assert (lms[..., 0] >= eyes[:, None, 0] - 1).all() and (lms[..., 0] <= eyes[:, None, 2] + 1).all()
+    assert (lms[..., 1] >= eyes[:, None, 1] - 1).all() and (lms[..., 1] <= eyes[:, None, 3] + 1).all()
+
+    cfg = profile_config("tiny").data
+    cfg.frames_per_batch, cfg.rays_per_batch, cfg.lips_fraction, cfg.eyes_fraction = 1, 400, 0.0, 0.25
+    dm = DataManager(info, cfg)
+    batch = dm.sample("head", torch.Generator().manual_seed(0))
+    x0, y0, x1, y1 = (int(v) for v in info.eyes_box[batch.index])
+    px = batch.px.long()
+    in_eyes = (px[:, 0] >= x0) & (px[:, 0] < x1) & (px[:, 1] >= y0) & (px[:, 1] < y1)
+    assert int(in_eyes.sum()) >= 100
+
+    # one training frame blinks; the rest keep the dataset's expression
+    blink = int(info.train_ids[5])
+    info.expression = info.expression.copy()
+    info.expression[blink, 5:] = 1.0
+    assert expression_weights(info, 0.0) is None
+    gen = torch.Generator().manual_seed(1)
+    cfg.expression_sampling = 0.3
+    dm = DataManager(info, cfg)
+    draws = [dm._sample_frame("head", gen, 4).index for _ in range(600)]
+    uniform = 600 / len(info.train_ids)
+    assert draws.count(blink) > 3 * uniform
+    # the lips and torso stages still draw uniformly
+    draws = [dm._sample_frame("torso", gen, 4).index for _ in range(600)]
+    assert draws.count(blink) < 3 * uniform
+
+
+def test_eye_agreement_tells_blinking_eyes_from_eyes_that_stay_open(synthetic_dataset):
+    open_eyes = np.load(synthetic_dataset / "landmarks.npy")[:12, :, :2].astype(np.float64)
+    gt = open_eyes.copy()
+    for top, bottom, _, _ in EYE_LIDS:  # frames 3 and 4 blink: the upper lid comes down 90 %
+        gt[3:5, top] += 0.9 * (gt[3:5, bottom] - gt[3:5, top])
+    same = eye_agreement(gt.copy(), gt)
+    assert same["eyes_closed_frames"] == 2
+    assert same["eye_openness_corr"] == pytest.approx(1.0)
+    assert same["eye_openness_closed"] == pytest.approx(1.0)
+    never = eye_agreement(open_eyes, gt)  # a render whose eyes never close
+    assert never["eyes_closed_frames"] == 2
+    assert never["eye_openness_closed"] == pytest.approx(10.0, rel=0.05)
+    assert never["eye_openness_corr"] < 0.5
+
+
+def test_expression_enters_standardized_over_the_training_frames(synthetic_dataset, tmp_path):
+    trainer = Trainer(synthetic_dataset, tmp_path / "m", profile_config("tiny", "head"))
+    field = trainer.model.field
+    train_exp = torch.from_numpy(trainer.info.expression[trainer.info.train_ids])
+    torch.testing.assert_close(field.exp_mean, train_exp.mean(0))
+    # one scale for all coefficients: the largest spread (the proportions between them are kept)
+    torch.testing.assert_close(field.exp_std, train_exp.std(0).max().clamp_min(0.02).expand(7))
+    # the field sees (exp - mean) / std: the training mean acts as a zero expression
+    for grid in field.planes:
+        grid.embeddings.data.normal_(0, 1)
+    xyz, enc_a = torch.rand(64, 3) * 2 - 1, torch.zeros(field.config.audio_dim)
+    at_mean = field.density(xyz, enc_a, field.exp_mean.clone())["sigma"]
+    field.exp_mean.zero_()
+    field.exp_std.fill_(1.0)
+    torch.testing.assert_close(field.density(xyz, enc_a, torch.zeros(7))["sigma"], at_mean)

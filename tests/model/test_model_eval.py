@@ -154,12 +154,15 @@ def test_model_files_from_before_the_audio_torso_still_render(tmp_path, tiny_mod
     payload = torch.load(tiny_model / FINAL, map_location="cpu", weights_only=False)
     payload["model"]["torso.audio_proj.weight"].zero_()
     payload["model"]["torso.audio_proj.bias"].zero_()
+    payload["model"]["field.exp_mean"].zero_()
+    payload["model"]["field.exp_std"].fill_(1.0)
     zeroed, old = tmp_path / "zeroed", tmp_path / "old"
     for folder in (zeroed, old):
         shutil.copytree(tiny_model, folder)
     torch.save(payload, zeroed / FINAL)
-    for key in ("torso.audio_proj.weight", "torso.audio_proj.bias"):
-        del payload["model"][key]  # a model trained before the torso heard the audio
+    # a model trained before the torso heard the audio and before the expression was standardized
+    for key in ("torso.audio_proj.weight", "torso.audio_proj.bias", "field.exp_mean", "field.exp_std"):
+        del payload["model"][key]
     torch.save(payload, old / FINAL)
     info = parse_dataset(synthetic_dataset)
     ids = info.train_ids[:2]
