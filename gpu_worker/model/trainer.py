@@ -251,6 +251,7 @@ class Trainer:
             "spec": self.spec.to_dict(),
             "device": str(self.device),
             "kernels": kernels.backend_name(self.device),
+            "hash_grids": self.model.field.planes[0].backend,  # tinycudann or cuda_ext
             "patch_loss": self.patch_loss,
             "torch": torch.__version__,
         }
