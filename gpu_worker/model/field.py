@@ -7,6 +7,8 @@ the masked-attention losses keep each to its own face region.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -121,15 +123,29 @@ class TriPlaneField(nn.Module):
             [self.planes[0](u[:, [0, 1]]), self.planes[1](u[:, [1, 2]]), self.planes[2](u[:, [0, 2]])], -1
         ).float()
 
-    def density(self, xyz: torch.Tensor, enc_a: torch.Tensor, exp: torch.Tensor) -> dict[str, torch.Tensor]:
-        """xyz [M, 3]; enc_a [A] and exp [7] for the frame (broadcast) or per point [M, A] / [M, 7]."""
-        enc_x = self.encode(xyz)  # [M, E]
-        m = xyz.shape[0]
-        a_attn = torch.sigmoid(self.audio_attn(enc_x))  # [M, A]
-        e_attn = torch.sigmoid(self.exp_attn(enc_x))  # [M, 7]
+    def _point_features(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What depends on the point alone: enc_x [M, E] and the audio / expression attention [M, A] / [M, 7]."""
+        enc_x = self.encode(xyz)
+        return enc_x, torch.sigmoid(self.audio_attn(enc_x)), torch.sigmoid(self.exp_attn(enc_x))
+
+    def _sigma_net(
+        self,
+        enc_x: torch.Tensor,
+        a_attn: torch.Tensor,
+        e_attn: torch.Tensor,
+        enc_a: torch.Tensor,
+        exp: torch.Tensor,
+    ) -> torch.Tensor:
+        """The density MLP's output [M, 1 + G] for conditions per frame ([A], [7]) or per point."""
+        m = enc_x.shape[0]
         enc_a = enc_a.expand(m, -1) if enc_a.dim() == 1 else enc_a
         exp = self._standardized(exp.expand(m, -1) if exp.dim() == 1 else exp)
-        h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, exp * e_attn], -1))
+        return self.sigma_net(torch.cat([enc_x, enc_a * a_attn, exp * e_attn], -1))
+
+    def density(self, xyz: torch.Tensor, enc_a: torch.Tensor, exp: torch.Tensor) -> dict[str, torch.Tensor]:
+        """xyz [M, 3]; enc_a [A] and exp [7] for the frame (broadcast) or per point [M, A] / [M, 7]."""
+        enc_x, a_attn, e_attn = self._point_features(xyz)
+        h = self._sigma_net(enc_x, a_attn, e_attn, enc_a, exp)
         sigma = density_activation(h[:, 0])  # [M]
         return {"sigma": sigma, "geo": h[:, 1:], "enc_x": enc_x, "a_attn": a_attn, "e_attn": e_attn}
 
@@ -139,18 +155,11 @@ class TriPlaneField(nn.Module):
     ) -> torch.Tensor:
         """xyz [M, 3], frames' conditions [(enc_a [A], exp [7]), ...] -> the largest sigma [M] over them.
 
-        The occupancy grid's update: the grid features and the region attention depend on the point
-        only, so they are computed once for all the conditions.
+        The occupancy grid's update: the point features are computed once for all the conditions.
         """
-        enc_x = self.encode(xyz)  # [M, E]
-        a_attn = torch.sigmoid(self.audio_attn(enc_x))  # [M, A]
-        e_attn = torch.sigmoid(self.exp_attn(enc_x))  # [M, 7]
-        best = None
-        for enc_a, exp in conditions:
-            h = self.sigma_net(torch.cat([enc_x, enc_a * a_attn, self._standardized(exp) * e_attn], -1))
-            sigma = density_activation(h[:, 0])
-            best = sigma if best is None else torch.maximum(best, sigma)
-        return best
+        point = self._point_features(xyz)
+        sigmas = (density_activation(self._sigma_net(*point, a, e)[:, 0]) for a, e in conditions)
+        return functools.reduce(torch.maximum, sigmas)
 
     def forward(
         self,

@@ -251,7 +251,11 @@ class Trainer:
             "spec": self.spec.to_dict(),
             "device": str(self.device),
             "kernels": kernels.backend_name(self.device),
-            "hash_grids": self.model.field.planes[0].backend,  # tinycudann or cuda_ext
+            # what computes the grids: tinycudann or cuda_ext (per grid_layout and host)
+            "hash_grids": {
+                "head": self.model.field.planes[0].backend,
+                "torso": self.model.torso.grid.backend,
+            },
             "patch_loss": self.patch_loss,
             "torch": torch.__version__,
         }

@@ -87,9 +87,10 @@ def run_preprocess(
         },
     )
     weights_id = audio_mod.encoder_weights_id(audio_encoder, settings, ave_checkpoint)
+    keys = StepRunner.step_keys(base, audio_encoder, weights_id)
     # the last step's chained key: it changes with anything any step depends on (its parameters too)
     final_key = chain_key(
-        StepRunner.step_keys(base, audio_encoder, weights_id)["audio"],
+        keys["audio"],
         "features",
         {"encoder": audio_encoder, "weights": weights_id},
     )
@@ -103,7 +104,6 @@ def run_preprocess(
         if old.get("cache_key") == final_key:
             notify("done", 1.0, "dataset already up to date")
             return out_dir
-        keys = StepRunner.step_keys(base, audio_encoder, weights_id)
         same = [name for name, key in old.get("step_keys", {}).items() if keys.get(name) == key]
         redo = set(keys) - set(same)
         # a published dataset has no intermediates (.work): only steps that read none can be redone on it

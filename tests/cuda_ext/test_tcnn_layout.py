@@ -9,6 +9,7 @@ end compares with the real tinycudann where the GPU image has it.
 
 from __future__ import annotations
 
+import sys
 import types
 
 import numpy as np
@@ -190,9 +191,15 @@ def test_a_tinycudann_with_another_layout_is_not_used(monkeypatch, stand_in_tcnn
 
 
 def test_tcnn_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("SYNCTALK_TCNN", "0")
+    """On a CUDA host where tinycudann imports (both faked here), SYNCTALK_TCNN=0 still says no."""
+    fake = types.ModuleType("tinycudann")
+    monkeypatch.setitem(sys.modules, "tinycudann", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     tcnn_probe.tinycudann.cache_clear()
     try:
+        assert tcnn_probe.tinycudann() is fake
+        tcnn_probe.tinycudann.cache_clear()
+        monkeypatch.setenv("SYNCTALK_TCNN", "0")
         assert tcnn_probe.tinycudann() is None
     finally:
         tcnn_probe.tinycudann.cache_clear()

@@ -95,7 +95,10 @@ def test_grid_layout_is_part_of_the_architecture(synthetic_dataset, tmp_path):
     cfg.field.grid_layout = cfg.torso.grid_layout = "tcnn"
     result = train_model(synthetic_dataset, tmp_path / "t", cfg, stop_after=2)
     assert all(np.isfinite(h["loss"]) for h in result.history)
-    assert json.loads((tmp_path / "t" / "config.json").read_text())["hash_grids"] == "cuda_ext"
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["hash_grids"] == {
+        "head": "cuda_ext",
+        "torso": "cuda_ext",
+    }
     with pytest.raises(CheckpointError, match="grid_layout"):
         train_model(synthetic_dataset, tmp_path / "t", _tiny("head", head_steps=3), resume=True)
     # a checkpoint written before the layout was recorded is an ngp one, and resumes as one
