@@ -44,7 +44,10 @@ def test_sample_command_writes_the_clip(tmp_path: Path, env: dict[str, str]) -> 
     assert truth.n_frames == 25 and truth.size == (96, 96) and truth.raw["seed"] == 2
 
 
-@pytest.mark.parametrize(("option", "value"), [("--size", "101"), ("--seconds", "0")])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--size", "101"), ("--seconds", "0"), ("--voice", "festival"), ("--voice", "espeak-ng:--help")],
+)
 def test_bad_option_is_one_clear_line(tmp_path: Path, env: dict[str, str], option: str, value: str) -> None:
     result = CliRunner().invoke(cli, ["sample", "--out", str(tmp_path / "clip"), option, value], env=env)
     assert result.exit_code != 0

