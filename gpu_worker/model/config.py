@@ -151,6 +151,13 @@ class DataConfig:
     """Head-stage frames are drawn with weight ``(1 - s) + s * novelty``, novelty being the frame's
     distance from the median expression (mean 1 over the training frames). Rare expressions such as
     blinks (a few percent of the frames) are then seen often enough to be learnt; 0 draws uniformly."""
+    audio_warp: float = 0.0
+    """Speaker augmentation of mel features in the head and lips stages: each frame's window has its
+    frequency axis scaled by a random factor exp(u * audio_warp), u in [-1, 1] (vocal tract length
+    perturbation), so new voices with other formants still move the lips; 0 turns it off."""
+    audio_gain_db: float = 0.0
+    """Level augmentation of mel features: a random offset of up to this many dB per window (on top of
+    the dataset's speech level normalization); 0 turns it off."""
     patch_size: int = 32
     """Side of the random patches of the lips stage (64 at full scale)."""
     patches_per_batch: int = 2

@@ -52,6 +52,7 @@ class DatasetInfo:
     poses: np.ndarray  # [N, 4, 4] camera-to-world
     audio_features: np.ndarray  # [N, *feature_shape]
     audio_encoder: str
+    audio_level: str | None  # the speech level normalization of the features (None: made before it)
     expression: np.ndarray  # [N, 7]
     landmarks: np.ndarray  # [N, 478, 3] at the working resolution
     train_ids: np.ndarray  # [n_train]
@@ -167,6 +168,7 @@ def parse_dataset(root: str | Path, resolution: int | None = None) -> DatasetInf
         poses=poses,
         audio_features=feats,
         audio_encoder=str(manifest.get("audio_encoder", "mel")),
+        audio_level=manifest.get("audio_level"),
         expression=expression,
         landmarks=landmarks,
         train_ids=train_ids,

@@ -15,7 +15,13 @@ import numpy as np
 from gpu_worker.model import metrics as M
 from gpu_worker.model.datamanager import DataManager
 from gpu_worker.model.dataparser import DatasetError, DatasetInfo, parse_dataset
-from gpu_worker.model.render_api import LoadedModel, load_model, pingpong_indices, render_frames
+from gpu_worker.model.render_api import (
+    LoadedModel,
+    audio_features_for,
+    load_model,
+    pingpong_indices,
+    render_frames,
+)
 from shared.errors import SyncTalkError
 from shared.settings import Settings
 
@@ -234,22 +240,23 @@ def _new_audio(
 ) -> dict:
     from gpu_worker.ave.data import crop_mouth, mouth_boxes
     from gpu_worker.media.frames import load_audio
-    from gpu_worker.preprocess.audio import log_mel, mel_windows
+    from gpu_worker.preprocess.audio import log_mel, mel_windows, normalize_level
 
+    level = loaded.spec.audio_level  # new audio gets the level normalization the model was trained with
+    ave = ave_path if ave_path.is_file() else None
     if reference:
         ref = parse_dataset(reference, loaded.spec.resolution)
-        feats = ref.audio_features
         samples = np.asarray(load_audio(ref.root / "audio.wav", rate=16000), np.float32).reshape(-1)
+        feats = ref.audio_features
+        if ref.audio_level != level:  # made with another normalization than the model's: redo them
+            feats, _ = audio_features_for(
+                loaded, samples, settings, ave_checkpoint=ave, n_frames=ref.frame_count
+            )
         truth = M.mouth_opening(ref.landmarks)
         source = str(reference)
     else:
-        from gpu_worker.preprocess.audio import compute_audio_features
-
         samples = np.asarray(load_audio(Path(audio), rate=16000), np.float32).reshape(-1)
-        feats, warns = compute_audio_features(
-            Path(audio), loaded.spec.audio_encoder, settings, samples=samples,
-            ave_checkpoint=ave_path if ave_path.is_file() else None,
-        )  # fmt: skip
+        feats, _ = audio_features_for(loaded, samples, settings, ave_checkpoint=ave)
         source = str(audio)
     if tuple(feats.shape[1:]) != loaded.spec.feature_shape:
         raise DatasetError(
@@ -289,7 +296,7 @@ def _new_audio(
         "frames": n,
         "mouth_measure": measure,
         "mouth_envelope_corr": M.pearson(opening, env),
-        "sync": _sync(towers, mel_windows(log_mel(samples), n), np.stack(crops)),
+        "sync": _sync(towers, mel_windows(log_mel(normalize_level(samples, level)[0]), n), np.stack(crops)),
     }
     res["sync_confidence"] = res["sync"]["confidence"] if res["sync"] else None
     if truth is not None:

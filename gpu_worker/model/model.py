@@ -30,9 +30,12 @@ class ModelSpec:
     aabb: tuple[float, ...]
     resolution: int
     intrinsics: tuple[float, ...]  # fl_x, fl_y, cx, cy at ``resolution``
+    audio_level: str | None = None
+    """The speech level normalization the training features had; new audio gets the same. None: a
+    dataset (or model) from before it, whose features were computed from the audio as recorded."""
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "n_frames": self.n_frames,
             "feature_shape": list(self.feature_shape),
             "audio_encoder": self.audio_encoder,
@@ -40,6 +43,9 @@ class ModelSpec:
             "resolution": self.resolution,
             "intrinsics": list(self.intrinsics),
         }
+        if self.audio_level is not None:  # absent, as in every file written before it existed
+            d["audio_level"] = self.audio_level
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
@@ -50,6 +56,7 @@ class ModelSpec:
             aabb=tuple(float(v) for v in d["aabb"]),
             resolution=int(d["resolution"]),
             intrinsics=tuple(float(v) for v in d["intrinsics"]),
+            audio_level=d.get("audio_level"),
         )
 
 

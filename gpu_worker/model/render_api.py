@@ -201,6 +201,30 @@ def render_frame(
     return image.reshape(res, res, 3).clamp(0, 1), alpha.reshape(res, res)
 
 
+def audio_features_for(
+    loaded: LoadedModel,
+    samples_16k: np.ndarray,
+    settings,
+    *,
+    ave_checkpoint: Path | None = None,
+    n_frames: int | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Features of new speech (16 kHz mono) as this model was trained on them: its encoder and its
+    speech level normalization. [N, *feature_shape] (one frame per 40 ms, or ``n_frames``), warnings."""
+    from gpu_worker.preprocess.audio import compute_audio_features
+
+    feats, warnings = compute_audio_features(
+        None, loaded.spec.audio_encoder, settings, samples=samples_16k, ave_checkpoint=ave_checkpoint,
+        n_frames=n_frames, level=loaded.spec.audio_level,
+    )  # fmt: skip
+    if tuple(feats.shape[1:]) != loaded.spec.feature_shape:
+        raise CheckpointError(
+            f"audio features of shape {tuple(feats.shape[1:])} do not fit this model "
+            f"({loaded.spec.feature_shape}, encoder {loaded.spec.audio_encoder})"
+        )
+    return feats, warnings
+
+
 @torch.inference_mode()
 def render_frames(
     loaded: LoadedModel,

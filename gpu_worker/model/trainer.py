@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from gpu_worker.model import kernels
+from gpu_worker.model.audio_augment import MelAugment
 from gpu_worker.model.audio_net import window_indices
 from gpu_worker.model.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_atomic
 from gpu_worker.model.config import PATCH_LOSSES, ConfigError, RunConfig
@@ -66,6 +67,7 @@ def spec_from_info(info) -> ModelSpec:
         aabb=tuple(float(v) for v in info.aabb),
         resolution=info.resolution,
         intrinsics=tuple(float(v) for v in info.intrinsics),
+        audio_level=info.audio_level,
     )
 
 
@@ -95,6 +97,7 @@ class Trainer:
         self.model.field.set_expression_stats(train_exp.to(self.device))
         self.dm = DataManager(self.info, config.data, self.device)
         self.feats = torch.from_numpy(self.info.audio_features).to(self.device)  # [N, *shape]
+        self.audio_augment = MelAugment(config.data.audio_warp, config.data.audio_gain_db)
         self.expr = torch.from_numpy(self.info.expression).to(self.device)  # [N, 7]
         # lip-shape targets of the auxiliary loss, standardized over the training frames
         shape = lip_shape(self.info.landmarks)  # [N, 10]
@@ -264,13 +267,17 @@ class Trainer:
         tmp.replace(self.out_dir / "config.json")
 
     # ---- steps ------------------------------------------------------------------------------------
-    def _audio_codes(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames [F] -> their audio codes enc_a [F, A] (each from its window of features)."""
+    def _audio_codes(self, frames: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """Frames [F] -> their audio codes enc_a [F, A] (each from its window of features); ``augment``
+        puts each window through the speaker augmentation first (the losses that teach the audio)."""
         idx = window_indices(frames, self.config.audio.window, self.spec.n_frames)  # [F, W]
-        return self.model.audio_code(self.feats[idx])
+        feats = self.feats[idx]  # [F, W, *feature_shape]
+        if augment:
+            feats = self.audio_augment(feats, self.gen)
+        return self.model.audio_code(feats)
 
-    def _conditions(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        enc_a = self._audio_codes(torch.tensor([index], device=self.device))[0]  # [A]
+    def _conditions(self, index: int, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        enc_a = self._audio_codes(torch.tensor([index], device=self.device), augment)[0]  # [A]
         return enc_a, self.expr[index]
 
     def _update_grid(self) -> None:
@@ -283,11 +290,11 @@ class Trainer:
     def _head_step(self, stage: str, batch: RayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         lc = self.config.loss
         if batch.group is None:
-            enc_a, exp = self._conditions(batch.index)
+            enc_a, exp = self._conditions(batch.index, augment=True)
             latent = self.model.head_latent(batch.index)
         else:  # rays of several frames: their conditions [F, ...], gathered per sample by group
             frames = torch.tensor(batch.frames, device=self.device)
-            enc_a = self._audio_codes(frames)  # [F, A]
+            enc_a = self._audio_codes(frames, augment=True)  # [F, A]
             exp = self.expr[frames]  # [F, 7]
             latent = self.model.field.latents(frames)  # [F, L]
         head = self.model.render_head(
@@ -321,7 +328,7 @@ class Trainer:
         ids = self.info.train_ids
         picks = torch.randint(len(ids), (self.config.loss.lip_sync_frames,), generator=self.gen)
         frames = torch.as_tensor(ids[picks.numpy()], device=self.device)  # [B]
-        enc_a = self._audio_codes(frames)  # [B, A]
+        enc_a = self._audio_codes(frames, augment=True)  # [B, A]
         pred = self.model.lip_head(enc_a.float())  # [B, 10]
         return ((pred - self.lip_target[frames]) ** 2).mean()
 

@@ -33,6 +33,19 @@ MAX_ABS = 4.0
 MEL_FPS = SAMPLE_RATE // HOP  # 80
 WINDOW_FRAMES = 16  # mel frames per video frame window (200 ms)
 
+# Speech level normalization. The log-mel is in absolute dB, so the same words recorded 18 dB quieter
+# arrive as features the model never saw (measured: lip-gap r 0.92 -> 0.63). Every feature path scales
+# its track first so that its loud speech (the 95th percentile of 20 ms frame levels: robust to pauses)
+# sits at one level. The name is recorded in datasets and models: a model renders new audio with the
+# normalization it was trained with (None for models from before it).
+LEVEL_NORM = "p95:-16dBFS"
+LEVEL_TARGET_DB = -16.0
+LEVEL_FRAME, LEVEL_HOP = 320, 160  # 20 ms frames every 10 ms at 16 kHz
+LEVEL_PERCENTILE = 95.0
+LEVEL_SILENT_DB = -70.0  # a track whose loud frames are quieter than this is left as it is
+LEVEL_MAX_GAIN_DB = 40.0
+LEVEL_WARN_GAIN_DB = 20.0
+
 ENCODERS = ("mel", "ave", "hubert")
 FEATURE_SHAPES: dict[str, tuple[int, ...]] = {
     "mel": (N_MELS, WINDOW_FRAMES),
@@ -95,6 +108,40 @@ def log_mel(samples_16k: np.ndarray) -> np.ndarray:
     db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
     norm = (2 * MAX_ABS) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS
     return np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+def speech_level_db(samples_16k: np.ndarray) -> float:
+    """Loud-speech level of 16 kHz mono samples in dBFS: the 95th percentile of 20 ms frame RMS levels."""
+    y = np.asarray(samples_16k, dtype=np.float32).reshape(-1)
+    if y.size < LEVEL_FRAME:
+        y = np.pad(y, (0, LEVEL_FRAME - y.size))
+    frames = np.lib.stride_tricks.sliding_window_view(y, LEVEL_FRAME)[::LEVEL_HOP]  # [T, 320] view
+    power = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / LEVEL_FRAME  # [T]
+    return float(np.percentile(10.0 * np.log10(power + 1e-12), LEVEL_PERCENTILE))
+
+
+def level_gain_db(samples_16k: np.ndarray, level: str | None = LEVEL_NORM) -> float:
+    """The gain in dB that ``normalize_level`` applies: 0 without a level or for a silent track."""
+    if level is None:
+        return 0.0
+    if level != LEVEL_NORM:
+        raise AudioEncoderError(
+            f"unknown audio level normalization {level!r} (this version knows {LEVEL_NORM!r})"
+        )
+    current = speech_level_db(samples_16k)
+    if current < LEVEL_SILENT_DB:
+        return 0.0
+    return float(np.clip(LEVEL_TARGET_DB - current, -LEVEL_MAX_GAIN_DB, LEVEL_MAX_GAIN_DB))
+
+
+def normalize_level(samples_16k: np.ndarray, level: str | None = LEVEL_NORM) -> tuple[np.ndarray, float]:
+    """Samples scaled so their loud speech sits at the target level, and the gain applied in dB.
+
+    Values may exceed 1 afterwards: they only feed features, never a file.
+    """
+    y = np.asarray(samples_16k, dtype=np.float32).reshape(-1)
+    gain = level_gain_db(y, level)
+    return (y * np.float32(10.0 ** (gain / 20.0)) if gain else y), gain
 
 
 def mel_windows(mel: np.ndarray, n_frames: int, fps: int = 25) -> np.ndarray:
@@ -168,9 +215,12 @@ def compute_audio_features(
     n_frames: int | None = None,
     samples: np.ndarray | None = None,
     hubert_dir: Path | None = None,
+    level: str | None = LEVEL_NORM,
 ) -> tuple[np.ndarray, list[str]]:
     """Per-video-frame features for ``encoder`` from any audio file (decoded to 16 kHz mono).
 
+    ``level``: the speech level normalization applied first (``LEVEL_NORM``; None for none, as models
+    trained before it expect).
     ``n_frames`` fixes the count to a video's frame count (training); by default one frame per 40 ms of
     audio (rendering new speech). ``samples`` (16 kHz mono) skips decoding when the caller has them.
     ``hubert_dir`` is the HuBERT checkpoint folder (default: settings.model_dir / HUBERT_DIR_NAME).
@@ -183,6 +233,11 @@ def compute_audio_features(
     warnings: list[str] = []
     y = _load_16k(audio_path) if samples is None else np.asarray(samples, dtype=np.float32).reshape(-1)
     n = frames_for_audio(len(y)) if n_frames is None else int(n_frames)
+    y, gain = normalize_level(y, level)
+    if gain > LEVEL_WARN_GAIN_DB:
+        warnings.append(
+            f"the speech is very quiet: raised by {gain:.0f} dB before its features were computed"
+        )
     if encoder == "hubert":
         return hubert_features(y, n, settings, hubert_dir), warnings
     windows = mel_windows(log_mel(y), n)  # [N, 80, 16]

@@ -108,7 +108,7 @@ class StepRunner:
             ),
             (
                 "audio",
-                {"encoder": encoder, "weights": weights_id},
+                {"encoder": encoder, "weights": weights_id, "level": audio_mod.LEVEL_NORM},
                 ["audio.wav", "mel.npy", "audio_features.npy"],
             ),
         ]
@@ -411,8 +411,10 @@ class StepRunner:
         samples = load_audio(self.video, rate=audio_mod.SAMPLE_RATE, settings=self.settings)
         audio_s = len(samples) / audio_mod.SAMPLE_RATE
         samples, warnings = fit_audio_to_video(np.asarray(samples, np.float32), n)
-        write_wav(self.root / "audio.wav", samples, audio_mod.SAMPLE_RATE)
-        mel = audio_mod.log_mel(samples)  # [T, 80]
+        write_wav(self.root / "audio.wav", samples, audio_mod.SAMPLE_RATE)  # as recorded
+        # mel.npy (the AVE's training input) and the features both come from the level-normalized speech
+        leveled, gain = audio_mod.normalize_level(samples, audio_mod.LEVEL_NORM)
+        mel = audio_mod.log_mel(leveled)  # [T, 80]
         save_npy_atomic(self.root / "mel.npy", mel)
         feats, enc_warnings = audio_mod.compute_audio_features(
             self.root / "audio.wav",
@@ -423,10 +425,12 @@ class StepRunner:
             samples=samples,
         )
         save_npy_atomic(self.root / "audio_features.npy", feats.astype(np.float32))
-        used = self._encoder if not enc_warnings else "mel"
+        fell_back = self._encoder == "ave" and tuple(feats.shape[1:]) == audio_mod.FEATURE_SHAPES["mel"]
         return {
-            "encoder": used,
+            "encoder": "mel" if fell_back else self._encoder,
             "feature_shape": list(feats.shape[1:]),
+            "level": audio_mod.LEVEL_NORM,
+            "level_gain_db": round(gain, 2),
             "warnings": warnings + enc_warnings,
             "audio_seconds": round(audio_s, 3),
         }
@@ -475,6 +479,7 @@ class StepRunner:
             aabb=st["aabb"],
             audio_encoder=au["encoder"],
             audio_feature_shape=au["feature_shape"],
+            audio_level=au.get("level"),  # None: a dataset whose audio step predates level normalization
             crop=tr["crop"],
             source_probe=self.info.to_dict(),
             settings=settings,

@@ -89,6 +89,13 @@ def train_ave(
     show_default=True,
     help="Lips-stage patch loss: LPIPS where its weights are in the model directory (auto), or 1 - SSIM.",
 )
+@click.option(
+    "--speaker-augment",
+    type=click.FloatRange(0.0, 0.3),
+    default=None,
+    help="Scale each training window's formants by up to exp(+-W) (mel features): for a subject that "
+    "other voices will dub. Off in every profile: it cost same-voice lip sync on the sample (MODEL.md).",
+)
 def train(
     dataset: Path,
     out: Path,
@@ -98,6 +105,7 @@ def train(
     steps_scale: float,
     device: str | None,
     patch_loss: str,
+    speaker_augment: float | None,
 ) -> None:
     """Train the SyncTalk model on a preprocessed DATASET into a model folder."""
     from gpu_worker.model.config import profile_config
@@ -106,6 +114,8 @@ def train(
 
     cfg = profile_config(profile, stages)
     cfg.loss.patch_loss = patch_loss
+    if speaker_augment is not None:
+        cfg.data.audio_warp = speaker_augment
     for s in ("head", "lips", "torso"):
         setattr(cfg.trainer, f"{s}_steps", max(1, int(round(cfg.steps_of(s) * steps_scale))))
     bar, progress = _bar_progress()

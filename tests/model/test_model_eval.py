@@ -178,3 +178,24 @@ def test_model_files_from_before_the_audio_torso_still_render(tmp_path, tiny_mod
     torch.save(payload, old / FINAL)
     with pytest.raises(CheckpointError, match="does not match"):
         load_model(old)
+
+
+def test_new_audio_gets_the_level_normalization_the_model_was_trained_with(tiny_model, settings):
+    from gpu_worker.model.model import ModelSpec
+    from gpu_worker.model.render_api import audio_features_for
+    from gpu_worker.preprocess.audio import LEVEL_NORM
+
+    t = np.arange(32000) / 16000
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+    quiet = speech * np.float32(0.05)  # 26 dB quieter
+    loaded = load_model(tiny_model)
+    # the synthetic dataset predates the normalization: its model gets the audio as recorded
+    assert loaded.spec.audio_level is None and "audio_level" not in loaded.spec.to_dict()
+    a, _ = audio_features_for(loaded, speech, settings)
+    b, _ = audio_features_for(loaded, quiet, settings)
+    assert a.shape == (50, 80, 16) and (a - b).max() > 1.0
+    loaded.spec.audio_level = LEVEL_NORM  # a model trained on a normalized dataset
+    assert ModelSpec.from_dict(loaded.spec.to_dict()).audio_level == LEVEL_NORM
+    a, _ = audio_features_for(loaded, speech, settings)
+    b, warnings = audio_features_for(loaded, quiet, settings)
+    assert np.abs(a - b).max() < 1e-3 and any("quiet" in w for w in warnings)

@@ -38,6 +38,7 @@ def test_every_stage_trains_and_head_loss_falls(synthetic_dataset, tmp_path):
 
 def test_resume_takes_the_same_next_step(synthetic_dataset, tmp_path):
     cfg = _tiny("head,lips", head_steps=12, lips_steps=4, checkpoint_every=5)
+    cfg.data.audio_warp, cfg.data.audio_gain_db = 0.15, 6.0  # its random draws resume too
     full = train_model(synthetic_dataset, tmp_path / "full", cfg)
     # interrupted at step 7 (not a checkpoint multiple: stopping writes one), then in the lips stage
     for stop in (7, 14):

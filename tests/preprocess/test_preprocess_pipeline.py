@@ -68,6 +68,14 @@ def test_dataset_follows_the_contract(dataset):
     mel = np.load(ds / "mel.npy")
     assert mel.shape[1] == 80 and abs(len(mel) - 80 * n / 25) <= 2
     assert np.load(ds / "audio_features.npy").shape == (n, 80, 16)
+    # features from the level-normalized speech, and the manifest says so (models render new audio alike)
+    from gpu_worker.media.frames import load_audio
+    from gpu_worker.preprocess import audio as audio_mod
+
+    assert m["audio_level"] == audio_mod.LEVEL_NORM
+    recorded = np.asarray(load_audio(ds / "audio.wav", rate=16000), np.float32).reshape(-1)
+    leveled, _ = audio_mod.normalize_level(recorded)
+    assert np.abs(mel - audio_mod.log_mel(leveled)).max() < 0.05  # audio.wav is 16-bit: tiny rounding
     t = json.loads((ds / "transforms_train.json").read_text())
     assert [f["index"] for f in t["frames"]] == train and np.array(
         t["frames"][0]["transform_matrix"]
