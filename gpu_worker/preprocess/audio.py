@@ -144,6 +144,13 @@ def normalize_level(samples_16k: np.ndarray, level: str | None = LEVEL_NORM) -> 
     return (y * np.float32(10.0 ** (gain / 20.0)) if gain else y), gain
 
 
+def level_warnings(gain_db: float) -> list[str]:
+    """What a caller should be told about the gain ``normalize_level`` applied (nothing, usually)."""
+    if gain_db > LEVEL_WARN_GAIN_DB:
+        return [f"the speech is very quiet: raised by {gain_db:.0f} dB before its features were computed"]
+    return []
+
+
 def mel_windows(mel: np.ndarray, n_frames: int, fps: int = 25) -> np.ndarray:
     """Per-video-frame mel windows: frame i takes mel frames [floor(80 i / fps), +16), edge-padded. [N, 80, 16]"""
     mel = np.asarray(mel, dtype=np.float32)
@@ -234,10 +241,7 @@ def compute_audio_features(
     y = _load_16k(audio_path) if samples is None else np.asarray(samples, dtype=np.float32).reshape(-1)
     n = frames_for_audio(len(y)) if n_frames is None else int(n_frames)
     y, gain = normalize_level(y, level)
-    if gain > LEVEL_WARN_GAIN_DB:
-        warnings.append(
-            f"the speech is very quiet: raised by {gain:.0f} dB before its features were computed"
-        )
+    warnings += level_warnings(gain)
     if encoder == "hubert":
         return hubert_features(y, n, settings, hubert_dir), warnings
     windows = mel_windows(log_mel(y), n)  # [N, 80, 16]

@@ -422,8 +422,10 @@ class StepRunner:
             self.settings,
             ave_checkpoint=self._ave_checkpoint,
             n_frames=n,
-            samples=samples,
+            samples=leveled,
+            level=None,  # already applied
         )
+        enc_warnings = audio_mod.level_warnings(gain) + enc_warnings
         save_npy_atomic(self.root / "audio_features.npy", feats.astype(np.float32))
         fell_back = self._encoder == "ave" and tuple(feats.shape[1:]) == audio_mod.FEATURE_SHAPES["mel"]
         return {
