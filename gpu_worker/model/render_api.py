@@ -20,6 +20,7 @@ from gpu_worker.model.config import RunConfig, config_from_dict
 from gpu_worker.model.datamanager import pixel_rays
 from gpu_worker.model.model import ModelSpec, SyncTalkModel
 from gpu_worker.model.trainer import FINAL, pick_device
+from shared.settings import Settings
 
 
 @dataclass
@@ -204,7 +205,7 @@ def render_frame(
 def audio_features_for(
     loaded: LoadedModel,
     samples_16k: np.ndarray,
-    settings,
+    settings: Settings,
     *,
     ave_checkpoint: Path | None = None,
     n_frames: int | None = None,
