@@ -244,19 +244,20 @@ def _new_audio(
 
     level = loaded.spec.audio_level  # new audio gets the level normalization the model was trained with
     ave = ave_path if ave_path.is_file() else None
+    warnings: list[str] = []  # from the features (very quiet speech, an encoder fallen back to mel)
     if reference:
         ref = parse_dataset(reference, loaded.spec.resolution)
         samples = np.asarray(load_audio(ref.root / "audio.wav", rate=16000), np.float32).reshape(-1)
         feats = ref.audio_features
         if ref.audio_level != level:  # made with another normalization than the model's: redo them
-            feats, _ = audio_features_for(
+            feats, warnings = audio_features_for(
                 loaded, samples, settings, ave_checkpoint=ave, n_frames=ref.frame_count
             )
         truth = M.mouth_opening(ref.landmarks)
         source = str(reference)
     else:
         samples = np.asarray(load_audio(Path(audio), rate=16000), np.float32).reshape(-1)
-        feats, _ = audio_features_for(loaded, samples, settings, ave_checkpoint=ave)
+        feats, warnings = audio_features_for(loaded, samples, settings, ave_checkpoint=ave)
         source = str(audio)
     if tuple(feats.shape[1:]) != loaded.spec.feature_shape:
         raise DatasetError(
@@ -294,6 +295,7 @@ def _new_audio(
     res = {
         "source": source,
         "frames": n,
+        "warnings": warnings,
         "mouth_measure": measure,
         "mouth_envelope_corr": M.pearson(opening, env),
         "sync": _sync(towers, mel_windows(log_mel(normalize_level(samples, level)[0]), n), np.stack(crops)),

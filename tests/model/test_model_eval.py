@@ -199,3 +199,27 @@ def test_new_audio_gets_the_level_normalization_the_model_was_trained_with(tiny_
     a, _ = audio_features_for(loaded, speech, settings)
     b, warnings = audio_features_for(loaded, quiet, settings)
     assert np.abs(a - b).max() < 1e-3 and any("quiet" in w for w in warnings)
+
+
+def test_eval_of_very_quiet_new_audio_says_so(tiny_model, synthetic_dataset, settings, tmp_path):
+    import shutil
+
+    import torch
+
+    from gpu_worker.media.audio import write_wav
+    from gpu_worker.preprocess.audio import LEVEL_NORM
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    payload = torch.load(model / FINAL, map_location="cpu", weights_only=False)
+    payload["spec"]["audio_level"] = LEVEL_NORM  # as if trained on a level-normalized dataset
+    torch.save(payload, model / FINAL)
+    t = np.arange(16000) / 16000
+    whisper = (0.002 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+    write_wav(tmp_path / "whisper.wav", whisper, 16000)
+    m = evaluate_model(
+        model, settings, dataset=synthetic_dataset, audio=tmp_path / "whisper.wav", out_dir=tmp_path / "ev",
+        max_frames=3,
+    )  # fmt: skip
+    assert m["new_audio"]["frames"] == 3
+    assert any("very quiet" in w for w in m["new_audio"]["warnings"])
