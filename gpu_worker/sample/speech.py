@@ -120,11 +120,17 @@ def _espeak_sentences(
     with tempfile.TemporaryDirectory(prefix="synctalk-espeak-") as tmp:
         wav_path = Path(tmp) / "s.wav"
         for sentence in sentences:
-            result = subprocess.run(
-                [exe, "-v", variant, "-s", words_per_minute, "-w", str(wav_path), "--", sentence],
-                capture_output=True,
-                timeout=60,
-            )
+            wav_path.unlink(missing_ok=True)  # a failed call must not leave the last sentence's file
+            try:
+                result = subprocess.run(
+                    [exe, "-v", variant, "-s", words_per_minute, "-w", str(wav_path), "--", sentence],
+                    capture_output=True,
+                    timeout=60,
+                )
+            except subprocess.TimeoutExpired:
+                raise SpeechEngineError(
+                    f"espeak-ng took over 60 s on one sentence (voice {variant!r})"
+                ) from None
             if result.returncode != 0 or not wav_path.is_file():
                 detail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise SpeechEngineError(f"espeak-ng failed with voice {variant!r}: {detail[0]}")
