@@ -11,17 +11,9 @@ HuBERT codes are not spectra and pass through unchanged.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from gpu_worker.preprocess import audio as audio_mod
-
-
-def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
-    """Slaney mel scale (as ``preprocess.audio``): linear below 1 kHz, logarithmic above."""
-    log_part = 15.0 + torch.log(f.clamp_min(1e-6) / 1000.0) / (math.log(6.4) / 27.0)
-    return torch.where(f >= 1000.0, log_part, f / (200.0 / 3))
 
 
 class MelAugment:
@@ -34,11 +26,11 @@ class MelAugment:
     def __init__(self, warp: float, gain_db: float) -> None:
         self.warp = float(warp)
         self.gain_db = float(gain_db)
-        lo = float(audio_mod._hz_to_mel(audio_mod.F_MIN))
-        hi = float(audio_mod._hz_to_mel(audio_mod.F_MAX))
+        lo = float(audio_mod.hz_to_mel(audio_mod.F_MIN))
+        hi = float(audio_mod.hz_to_mel(audio_mod.F_MAX))
         self.mel_lo, self.mel_step = lo, (hi - lo) / (audio_mod.N_MELS + 1)
         centres_mel = lo + self.mel_step * torch.arange(1, audio_mod.N_MELS + 1, dtype=torch.float64)
-        self.centres_hz = torch.from_numpy(audio_mod._mel_to_hz(centres_mel.numpy())).float()  # [80]
+        self.centres_hz = torch.from_numpy(audio_mod.mel_to_hz(centres_mel.numpy())).float()  # [80]
         # normalized log-mel units per dB (the [-4, 4] range spans MIN_LEVEL_DB)
         self.units_per_db = 2 * audio_mod.MAX_ABS / -audio_mod.MIN_LEVEL_DB
 
@@ -55,7 +47,8 @@ class MelAugment:
         if self.warp > 0:
             alpha = torch.exp(u[:, 0] * self.warp)  # [F] formant scale factor
             # output bin k shows the input's content at f_k / alpha (formants move up for alpha > 1)
-            src_mel = _hz_to_mel(self.centres_hz[None, :] / alpha[:, None])  # [F, 80]
+            src_hz = (self.centres_hz[None, :] / alpha[:, None]).numpy()  # [F, 80], on the CPU
+            src_mel = torch.from_numpy(audio_mod.hz_to_mel(src_hz)).float()  # [F, 80]
             src = ((src_mel - self.mel_lo) / self.mel_step - 1).clamp(0, audio_mod.N_MELS - 1)  # [F, 80]
             lo = src.floor().long().clamp(max=audio_mod.N_MELS - 2)
             frac = (src - lo).to(feats.device, feats.dtype)[:, None, :, None]  # [F, 1, 80, 1]

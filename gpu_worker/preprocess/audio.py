@@ -54,7 +54,7 @@ FEATURE_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def hz_to_mel(f: np.ndarray) -> np.ndarray:
     # Slaney scale: linear below 1 kHz, logarithmic above (the scale Wav2Lip-era librosa used by default).
     f = np.asarray(f, dtype=np.float64)
     mel = f / (200.0 / 3)
@@ -62,7 +62,7 @@ def _hz_to_mel(f: np.ndarray) -> np.ndarray:
     return np.where(log_part, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0), mel)
 
 
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+def mel_to_hz(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
 
@@ -71,7 +71,7 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 def mel_basis() -> np.ndarray:
     """Slaney-normalised triangular filterbank, [80, n_fft // 2 + 1]."""
     fft_freqs = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(F_MIN), _hz_to_mel(F_MAX), N_MELS + 2))
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(F_MIN), hz_to_mel(F_MAX), N_MELS + 2))
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fft_freqs[None, :]  # [82, 401]
     lower = -ramps[:-2] / fdiff[:-1, None]
