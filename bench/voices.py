@@ -27,20 +27,11 @@ VOICES = ("auto", "espeak-ng:en-us", "espeak-ng:en-us+f3", "espeak-ng:en-gb+m4")
 LEVELS = (("-18 dB", -18.0, 0, 1), ("-18 dB, 44.1 kHz stereo", -18.0, 44100, 2), ("+3 dB", 3.0, 0, 1))
 
 
-def _write_wav(path: Path, samples: np.ndarray, rate: int, channels: int) -> None:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    if channels == 2:
-        pcm = np.repeat(pcm[:, None], 2, axis=1).reshape(-1)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-
-
 def _level_copies(speech: Path, out: Path) -> list[tuple[str, Path]]:
     """The clip's speech at other levels (and one at another rate and channel count)."""
     from scipy.signal import resample_poly
+
+    from gpu_worker.media.audio import write_wav
 
     with wave.open(str(speech), "rb") as w:
         rate = w.getframerate()
@@ -51,7 +42,7 @@ def _level_copies(speech: Path, out: Path) -> list[tuple[str, Path]]:
         if new_rate:
             y = resample_poly(y, new_rate, rate).astype(np.float32)
         path = out / f"speech {name}.wav".replace(" ", "_").replace(",", "")
-        _write_wav(path, y, new_rate or rate, channels)
+        write_wav(path, np.repeat(y[:, None], channels, axis=1), new_rate or rate)  # [N, C]
         copies.append((name, path))
     return copies
 

@@ -240,7 +240,7 @@ def _new_audio(
 ) -> dict:
     from gpu_worker.ave.data import crop_mouth, mouth_boxes
     from gpu_worker.media.frames import load_audio
-    from gpu_worker.preprocess.audio import log_mel, mel_windows, normalize_level
+    from gpu_worker.preprocess.audio import FEATURE_SHAPES, log_mel, mel_windows, normalize_level
 
     level = loaded.spec.audio_level  # new audio gets the level normalization the model was trained with
     ave = ave_path if ave_path.is_file() else None
@@ -292,13 +292,17 @@ def _new_audio(
             )
     opening, measure = openings.values()
     env = M.speech_envelope(samples, n)
+    sync_windows = None
+    if towers is not None:  # the AVE scores mel windows: the features themselves when they are mel
+        mel_shape = tuple(feats.shape[1:]) == FEATURE_SHAPES["mel"]
+        sync_windows = feats[:n] if mel_shape else mel_windows(log_mel(normalize_level(samples, level)[0]), n)
     res = {
         "source": source,
         "frames": n,
         "warnings": warnings,
         "mouth_measure": measure,
         "mouth_envelope_corr": M.pearson(opening, env),
-        "sync": _sync(towers, mel_windows(log_mel(normalize_level(samples, level)[0]), n), np.stack(crops)),
+        "sync": _sync(towers, sync_windows, np.stack(crops)),
     }
     res["sync_confidence"] = res["sync"]["confidence"] if res["sync"] else None
     if truth is not None:

@@ -223,3 +223,35 @@ def test_eval_of_very_quiet_new_audio_says_so(tiny_model, synthetic_dataset, set
     )  # fmt: skip
     assert m["new_audio"]["frames"] == 3
     assert any("very quiet" in w for w in m["new_audio"]["warnings"])
+
+
+def test_new_audio_sync_is_scored_with_ave_towers(
+    tiny_model, synthetic_dataset, synthetic_dataset_b, settings, tmp_path, monkeypatch
+):
+    from gpu_worker.ave.sync import offset_curve
+    from gpu_worker.ave.towers import AVEConfig
+    from gpu_worker.ave.train import AVETrainConfig, train_ave
+
+    ave = train_ave(
+        [synthetic_dataset],
+        tmp_path / "ave.pt",
+        AVETrainConfig(steps=2, batch_size=4, towers=AVEConfig(width=4)),
+    )
+    import gpu_worker.ave.sync as sync_mod
+
+    seen: list[np.ndarray] = []
+
+    def spy(audio_tower, lip_tower, windows, *args, **kwargs):
+        seen.append(np.asarray(windows))
+        return offset_curve(audio_tower, lip_tower, windows, *args, **kwargs)
+
+    monkeypatch.setattr(sync_mod, "offset_curve", spy)
+    m = evaluate_model(
+        tiny_model, settings, reference=synthetic_dataset_b, ave_checkpoint=ave.path,
+        out_dir=tmp_path / "ev", max_frames=12,
+    )  # fmt: skip
+    na = m["new_audio"]
+    assert na["sync"] is not None and np.isfinite(na["sync_confidence"])
+    # the mel model's own features are the windows the towers score: no second log-mel
+    ref = parse_dataset(synthetic_dataset_b)
+    np.testing.assert_array_equal(seen[-1], ref.audio_features[:12])
