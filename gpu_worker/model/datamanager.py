@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpu_worker.model.cameras import pixel_rays
 from gpu_worker.model.config import DataConfig
 from gpu_worker.model.dataparser import DatasetError, DatasetInfo
+from gpu_worker.model.model import composite
 
 
 class ImageCache:
@@ -59,20 +61,6 @@ def _read_image(path: Path, channels: int, resolution: int) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32) / 255.0
 
 
-def pixel_rays(
-    pose: torch.Tensor, intrinsics: torch.Tensor, px: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays through pixel centres. pose [4, 4] c2w (OpenGL), intrinsics [4], px [K, 2] (x, y) -> o, d [K, 3]."""
-    fx, fy, cx, cy = intrinsics
-    x = (px[:, 0] + 0.5 - cx) / fx
-    y = -(px[:, 1] + 0.5 - cy) / fy  # image y down, camera y up
-    d_cam = torch.stack([x, y, -torch.ones_like(x)], -1)  # camera looks down -z
-    d = d_cam @ pose[:3, :3].T
-    d = d / d.norm(dim=-1, keepdim=True)
-    o = pose[:3, 3].expand_as(d)
-    return o.contiguous(), d.contiguous()
-
-
 @dataclass
 class RayBatch:
     """One frame's rays and targets. K rays; patches index contiguous runs of rays laid out h x w."""
@@ -114,8 +102,7 @@ class DataManager:
         return torch.from_numpy(self.cache.get(self.info.image_path(kind, index), channels))
 
     def torso_over_plate(self, index: int) -> torch.Tensor:
-        torso = self.image("torso", index)  # [R, R, 4]
-        return torso[..., :3] * torso[..., 3:] + self.background * (1 - torso[..., 3:])
+        return composite(None, None, self.image("torso", index), self.background)  # [R, R, 3]
 
     # ---- ray batches --------------------------------------------------------------------------
     def sample(self, stage: str, generator: torch.Generator) -> RayBatch:
@@ -196,7 +183,7 @@ class DataManager:
         gt = self.image("gt", index)[yi, xi]  # [K, 3]
         torso = self.image("torso", index)[yi, xi]  # [K, 4]
         plate = self.background[yi, xi]
-        bg = torso[:, :3] * torso[:, 3:] + plate * (1 - torso[:, 3:])
+        bg = composite(None, None, torso, plate)
         x0, y0, x1, y1 = (int(v) for v in self.info.lower_face_box[index])
         lower = (xi >= x0) & (xi < x1) & (yi >= y0) & (yi < y1)
         rays_o, rays_d = pixel_rays(self.poses[index], self.intrinsics, pix)

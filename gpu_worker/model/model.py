@@ -175,6 +175,16 @@ class SyncTalkModel(nn.Module):
         self.grid.update(lambda xyz: self.field.max_density(xyz, conditions), generator)
 
 
-def composite(head: dict[str, torch.Tensor], bg: torch.Tensor) -> torch.Tensor:
-    """Premultiplied head [K, 3] with alpha [K] over background [K, 3]."""
-    return head["image"] + (1 - head["alpha"])[:, None] * bg
+def composite(head_image, head_alpha, torso_rgba, plate):
+    """The frame's layers, back to front: the plate, the torso (straight alpha), the head (premultiplied).
+
+    The one place they are stacked: training, evaluation and rendering all call it. head_image [..., 3]
+    and head_alpha [...] (or both None: no head), torso_rgba [..., 4] (or None: no torso), plate [..., 3]
+    -> [..., 3]. Torch tensors or NumPy arrays alike."""
+    out = plate
+    if torso_rgba is not None:
+        a = torso_rgba[..., 3:]
+        out = torso_rgba[..., :3] * a + out * (1 - a)
+    if head_image is not None:
+        out = head_image + (1 - head_alpha)[..., None] * out
+    return out

@@ -1,6 +1,6 @@
 """Frame rendering API: a loaded model + per-frame poses, expressions and audio features -> frames.
 
-Used by evaluation now and by the render/dubbing stage next. Frames are produced in batches by a
+Used by evaluation and by the render stage (gpu_worker/render). Frames are produced in batches by a
 generator; rays are rendered in chunks of ``renderer.chunk_rays``, so memory is bounded by the batch
 size and the chunk, never by the length of the sequence.
 """
@@ -15,71 +15,23 @@ import numpy as np
 import torch
 
 from gpu_worker.model.audio_net import window_indices
-from gpu_worker.model.checkpoint import CheckpointError, load_checkpoint
-from gpu_worker.model.config import RunConfig, config_from_dict
-from gpu_worker.model.datamanager import pixel_rays
-from gpu_worker.model.model import ModelSpec, SyncTalkModel
-from gpu_worker.model.trainer import FINAL, pick_device
+from gpu_worker.model.cameras import pixel_rays
+from gpu_worker.model.checkpoint import CheckpointError
+from gpu_worker.model.loading import LoadedModel, load_model
+from gpu_worker.model.model import composite
 from shared.settings import Settings
 
-
-@dataclass
-class LoadedModel:
-    model: SyncTalkModel  # EMA weights, eval mode
-    config: RunConfig
-    spec: ModelSpec
-    device: torch.device
-    stages_done: list[str]
-    dataset: Path | None
-    global_step: int
-
-    @property
-    def has_torso(self) -> bool:
-        return "torso" in self.stages_done
-
-
-# Weights added to the model after models were trained without them, whose initial values leave the
-# output exactly as it was: a model file that lacks them renders as it did when it was trained.
-NEUTRAL_ADDITIONS = (
-    "torso.audio_proj.weight",  # zero: the torso ignores the audio (before 2026-11-27)
-    "torso.audio_proj.bias",
-    "field.exp_mean",  # 0 and 1: the expression enters as it is (before 2026-11-27)
-    "field.exp_std",
-)
-
-
-def with_neutral_additions(state: dict, model: torch.nn.Module) -> dict:
-    """``state`` with any missing NEUTRAL_ADDITIONS taken from the fresh ``model`` (their neutral init)."""
-    missing = [k for k in NEUTRAL_ADDITIONS if k not in state]
-    if not missing:
-        return state
-    fresh = model.state_dict()
-    return {**state, **{k: fresh[k] for k in missing}}
-
-
-def load_model(model_dir: str | Path, device: str | torch.device | None = None) -> LoadedModel:
-    """Load MODEL_DIR/model.pt (the EMA weights written at the end of each stage)."""
-    path = Path(model_dir) / FINAL
-    dev = pick_device(device)
-    payload = load_checkpoint(path, dev)
-    try:
-        config = config_from_dict(payload["config"])
-        spec = ModelSpec.from_dict(payload["spec"])
-        model = SyncTalkModel(config, spec).to(dev)
-        model.load_state_dict(with_neutral_additions(payload["model"], model))
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} does not match this model code: {exc}") from exc
-    model.eval()
-    ds = payload.get("dataset")
-    return LoadedModel(
-        model=model,
-        config=config,
-        spec=spec,
-        device=dev,
-        stages_done=list(payload.get("stages_done", [])),
-        dataset=Path(ds) if ds else None,
-        global_step=int(payload.get("global_step", 0)),
-    )
+__all__ = [
+    "FrameBatch",
+    "LoadedModel",
+    "audio_codes",
+    "audio_features_for",
+    "load_model",
+    "pingpong_indices",
+    "render_batch",
+    "render_frame",
+    "render_frames",
+]
 
 
 @dataclass
@@ -145,10 +97,9 @@ def render_batch(
         )  # [B, R*R, 4]
     else:
         torso = torso_rgba.reshape(nb, -1, 4).to(dev)
-    bg = torso[..., :3] * torso[..., 3:] + plate.reshape(1, -1, 3).to(dev) * (1 - torso[..., 3:])
     image = image.reshape(nb, -1, 3)
     alpha = alpha.reshape(nb, -1)
-    out = image + (1 - alpha)[..., None] * bg
+    out = composite(image, alpha, torso, plate.reshape(1, -1, 3).to(dev))
     return out.reshape(nb, res, res, 3).clamp(0, 1), alpha.reshape(nb, res, res)
 
 
@@ -196,8 +147,7 @@ def render_frame(
             if torso is None
             else torso[s : s + chunk]
         )
-        bg = t[:, :3] * t[:, 3:] + plate[s : s + chunk] * (1 - t[:, 3:])
-        image[s : s + chunk] = head["image"] + (1 - head["alpha"])[:, None] * bg
+        image[s : s + chunk] = composite(head["image"], head["alpha"], t, plate[s : s + chunk])
         alpha[s : s + chunk] = head["alpha"]
     return image.reshape(res, res, 3).clamp(0, 1), alpha.reshape(res, res)
 
@@ -252,16 +202,11 @@ def render_frames(
         )
     if torso is None and not loaded.has_torso:
         raise CheckpointError("this model has no trained torso stage: pass the torso frames to render with")
-    dev = loaded.device
     plate_t = torch.as_tensor(np.asarray(plate, np.float32))
-    m = loaded.model
-    window = loaded.config.audio.window
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         frames = range(start, stop)
-        idx = window_indices(torch.arange(start, stop), window, n).numpy()  # [B, W]
-        feats = torch.from_numpy(np.stack([np.asarray(audio_features[w], np.float32) for w in idx])).to(dev)
-        enc_a = m.audio_code(feats)  # [B, A]
+        enc_a = audio_codes(loaded, audio_features, np.arange(start, stop))  # [B, A]
         exp = torch.from_numpy(np.asarray(expression[start:stop], np.float32))  # [B, 7]
         pose = torch.from_numpy(np.asarray(poses[start:stop], np.float32))  # [B, 4, 4]
         lats = [latent_indices[i] if latent_indices is not None else None for i in frames]
@@ -270,10 +215,22 @@ def render_frames(
         yield FrameBatch(start=start, images=img.cpu().numpy(), head_alpha=a.cpu().numpy())
 
 
-def pingpong_indices(frame_ids: Sequence[int], count: int) -> np.ndarray:
-    """Training frames played forward then backward for ``count`` output frames (METHOD.md 4)."""
+@torch.inference_mode()
+def audio_codes(loaded: LoadedModel, features: np.ndarray, frames: np.ndarray) -> torch.Tensor:
+    """The audio codes enc_a [B, A] of some frames [B] (ints) of a feature sequence [N, *feature_shape]
+    (a memmap is fine: only each frame's window of neighbours is read), windows clamped at its ends."""
+    idx = window_indices(torch.as_tensor(frames, dtype=torch.long), loaded.config.audio.window, len(features))
+    feats = np.stack([np.asarray(features[w], np.float32) for w in idx.numpy()])  # [B, W, *shape]
+    return loaded.model.audio_code(torch.from_numpy(feats).to(loaded.device))
+
+
+def pingpong_indices(frame_ids: Sequence[int], count: int, *, start: int = 0, first: int = 0) -> np.ndarray:
+    """Frames played forward then backward (METHOD.md 4), for output frames ``first .. first + count - 1``
+    of a walk that begins at position ``start`` of ``frame_ids`` going forward: [count]. Computed per
+    slice, so a long output never needs the whole walk in memory."""
     ids = np.asarray(frame_ids, np.int64)
     if ids.size == 0:
         raise ValueError("no frames to take poses from")
-    cycle = ids if ids.size == 1 else np.concatenate([ids, ids[-2:0:-1]])
-    return cycle[np.arange(count) % cycle.size]
+    period = max(1, 2 * (ids.size - 1))  # 0, 1, .., n-1, n-2, .., 1
+    pos = (np.arange(first, first + count, dtype=np.int64) + start) % period
+    return ids[np.where(pos < ids.size, pos, period - pos)]

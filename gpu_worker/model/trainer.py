@@ -24,6 +24,7 @@ from gpu_worker.model.checkpoint import CheckpointError, check_compatible, load_
 from gpu_worker.model.config import PATCH_LOSSES, ConfigError, RunConfig
 from gpu_worker.model.datamanager import DataManager, RayBatch
 from gpu_worker.model.dataparser import lip_shape, parse_dataset
+from gpu_worker.model.loading import CHECKPOINT, FINAL, pick_device
 from gpu_worker.model.losses import (
     alpha_entropy,
     lpips_patch_loss,
@@ -36,8 +37,6 @@ from gpu_worker.model.model import ModelSpec, SyncTalkModel, composite
 from shared.errors import SyncTalkError
 
 ProgressFn = Callable[[str, float, str], None]
-CHECKPOINT = "checkpoints/last.pt"
-FINAL = "model.pt"
 
 
 class TrainingError(SyncTalkError):
@@ -51,12 +50,6 @@ class TrainResult:
     stages_done: list[str]
     history: list[dict] = field(default_factory=list)  # {"stage", "step", "loss", "psnr"} per step
     seconds: float = 0.0
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def spec_from_info(info) -> ModelSpec:
@@ -307,7 +300,7 @@ class Trainer:
             generator=self.march_gen,
             group=batch.group,
         )
-        pred = composite(head, batch.bg)
+        pred = composite(head["image"], head["alpha"], None, batch.bg)  # bg: torso over plate
         losses = photometric(pred, batch.rgb, head["unc"], lc)
         losses["entropy"] = lc.alpha_entropy * alpha_entropy(head["alpha"])
         losses["attention"] = lc.attention * masked_attention(
@@ -340,8 +333,7 @@ class Trainer:
             )
         pose = self.dm.poses[batch.index].to(self.device)
         rgba = self.model.render_torso(batch.px, pose, enc_a, batch.index)
-        bg = rgba[:, :3] * rgba[:, 3:] + batch.plate * (1 - rgba[:, 3:])
-        pred = composite(head, bg)
+        pred = composite(head["image"], head["alpha"], rgba, batch.plate)
         loss = (pred - batch.rgb).abs().mean()
         loss = loss + self.config.loss.torso_alpha * (rgba[:, 3] - batch.torso[:, 3]).abs().mean()
         return loss, pred
