@@ -12,6 +12,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 
@@ -126,10 +127,11 @@ class FrameWriter:
         self,
         path: str | os.PathLike[str],
         *,
-        fps: float,
+        fps: float | Fraction,
         size: tuple[int, int],
         audio: str | os.PathLike[str] | None = None,
         crf: int = 18,
+        preset: str = "medium",
         pix_fmt: str = "yuv420p",
         settings: Settings | None = None,
     ) -> None:
@@ -140,7 +142,8 @@ class FrameWriter:
             raise ValueError(f"fps and size must be positive, got fps={fps} size={size}")
         if pix_fmt in ("yuv420p", "nv12") and (self.width % 2 or self.height % 2):
             raise ValueError(f"{pix_fmt} needs an even width and height, got {size}")
-        self.fps = fps
+        # an exact rational rate (29.97 is 30000/1001): frame times and the muxed duration follow it
+        self.fps = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
         self.frames_written = 0
         self._tmp = self.path.with_name(f".{self.path.stem}.partial-{uuid.uuid4().hex[:8]}{self.path.suffix}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,20 +152,26 @@ class FrameWriter:
             Path(probe(audio, self.settings, require_video=False, require_audio=True).path) if audio else None
         )
         self._proc = process.Process(
-            self._command(crf, pix_fmt),
+            self._command(crf, preset, pix_fmt),
             timeout=self.settings.ffmpeg_timeout_s,
             stdin=True,
             stdout=False,
         )
         self._closed = False
 
-    def _command(self, crf: int, pix_fmt: str) -> list[str]:
+    def _command(self, crf: int, preset: str, pix_fmt: str) -> list[str]:
         import ffmpeg
 
         video = ffmpeg.input(
-            "pipe:0", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps
+            "pipe:0",
+            format="rawvideo",
+            pix_fmt="rgb24",
+            s=f"{self.width}x{self.height}",
+            framerate=str(self.fps),
         )
-        out = video.output(str(self._tmp), vcodec="libx264", crf=crf, pix_fmt=pix_fmt, movflags="+faststart")
+        out = video.output(
+            str(self._tmp), vcodec="libx264", crf=crf, preset=preset, pix_fmt=pix_fmt, movflags="+faststart"
+        )
         return process.compile_cmd(out, uses_stdin=True)
 
     def _mux_audio(self, video: Path, dst: Path) -> None:
@@ -173,7 +182,7 @@ class FrameWriter:
         assert self._audio is not None
         v = ffmpeg.input(ffmpeg_url(video), **SAFE_INPUT_OPTIONS)["v:0"]
         a = ffmpeg.input(ffmpeg_url(self._audio), **SAFE_INPUT_OPTIONS)["a:0"].filter("apad")
-        duration = self.frames_written / self.fps
+        duration = float(self.frames_written / self.fps)
         out = ffmpeg.output(
             v, a, str(dst), vcodec="copy", acodec="aac", t=f"{duration:.6f}", movflags="+faststart"
         )
