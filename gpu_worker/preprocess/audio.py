@@ -7,6 +7,7 @@ audio into features goes through here and trains and renders on identical number
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -105,6 +106,40 @@ def log_mel(samples_16k: np.ndarray) -> np.ndarray:
     y = np.concatenate([y[:1], y[1:] - PREEMPHASIS * y[:-1]])
     mag = _stft_magnitude(y)  # [T, 401]
     mel = mag @ mel_basis().T  # [T, 80]
+    db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
+    norm = (2 * MAX_ABS) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS
+    return np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+def log_mel_frames(
+    read: Callable[[int, int], np.ndarray], n_samples: int, m0: int, m1: int, block: int = 256
+) -> np.ndarray:
+    """Frames [m0, m1) of ``log_mel`` of a whole track of ``n_samples`` that is never held whole:
+    ``read(start, stop)`` gives its samples [stop - start]. Only the samples those frames see are read;
+    the centred STFT's padding (reflect, or zeros for a track of at most 400 samples, as np.pad gives it)
+    is rebuilt by index where a frame reaches past either end, so chunks join to exactly ``log_mel``
+    (streamed rendering, gpu_worker.render.speech). [m1 - m0, 80]"""
+    pad = N_FFT // 2
+    pos = np.arange(m0 * HOP, (m1 - 1) * HOP + N_FFT) - pad  # [P] positions in the track
+    inside = None
+    if n_samples > pad:  # np.pad 'reflect' (no edge repeat) on both sides
+        pos = np.abs(pos)
+        pos = np.where(pos >= n_samples, 2 * (n_samples - 1) - pos, pos)
+    else:
+        inside = (pos >= 0) & (pos < n_samples)
+        pos = np.clip(pos, 0, n_samples - 1)
+    lo, hi = int(pos.min()), int(pos.max()) + 1
+    y = np.asarray(read(max(lo - 1, 0), hi), dtype=np.float32)  # one sample more: lo's pre-emphasis
+    z = y[1:] - PREEMPHASIS * y[:-1]
+    seg = (np.concatenate([y[:1], z]) if lo == 0 else z)[pos - lo]  # [P] padded, pre-emphasised
+    if inside is not None:
+        seg[~inside] = 0.0
+    frames = np.lib.stride_tricks.sliding_window_view(seg, N_FFT)[::HOP]  # [m1 - m0, 800] view
+    window = np.hanning(WIN + 1)[:-1].astype(np.float32)  # as _stft_magnitude
+    mag = np.empty((m1 - m0, N_FFT // 2 + 1), dtype=np.float32)  # [m1 - m0, 401]
+    for b in range(0, m1 - m0, block):  # bounded FFT temporaries
+        mag[b : b + block] = np.abs(np.fft.rfft(frames[b : b + block] * window, axis=1))
+    mel = mag @ mel_basis().T  # [m1 - m0, 80]
     db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
     norm = (2 * MAX_ABS) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS
     return np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)

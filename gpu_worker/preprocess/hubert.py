@@ -13,6 +13,7 @@ feature frame per 20 ms, aligned with the video frames however long the clip is.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,21 +91,40 @@ def hidden_states(
 ) -> np.ndarray:
     """Last hidden states for exactly ``n_out`` feature frames (the audio is zero-padded or cut to
     match). Frame j covers samples [j * hop, j * hop + field). [n_out, hidden]"""
-    import torch
-
     hop, field = frame_geometry(model.config)
     y = np.asarray(samples, dtype=np.float32).reshape(-1)
     # Utterance-level normalisation, as HuBERT's feature extractor does (do_normalize).
     y = (y - y.mean()) / (y.std() + 1e-7) if y.size else y
     need = (n_out - 1) * hop + field if n_out else 0
     y = np.pad(y[:need], (0, max(0, need - len(y))))
-    out = np.empty((n_out, model.config.hidden_size), np.float32)
+    return hidden_states_from(
+        model, lambda a, b: y[a:b], n_out, chunk_frames=chunk_frames, context_frames=context_frames
+    )
+
+
+def hidden_states_from(
+    model,
+    read: Callable[[int, int], np.ndarray],
+    n_out: int,
+    *,
+    chunk_frames: int = CHUNK_FRAMES,
+    context_frames: int = CONTEXT_FRAMES,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``hidden_states`` over audio read one chunk at a time (a long track never held whole):
+    ``read(start, stop)`` gives the already normalised samples [stop - start], zero past the end.
+    Writes into ``out`` [n_out, hidden] (e.g. a memmap) when given, else a new array. [n_out, hidden]"""
+    import torch
+
+    hop, field = frame_geometry(model.config)
+    if out is None:
+        out = np.empty((n_out, model.config.hidden_size), np.float32)
     with torch.no_grad():
         for a in range(0, n_out, chunk_frames):
             b = min(n_out, a + chunk_frames)
             lo, hi = max(0, a - context_frames), min(n_out, b + context_frames)
-            x = torch.from_numpy(y[lo * hop : (hi - 1) * hop + field])[None]  # [1, samples]
-            h = model(x).last_hidden_state[0]  # [hi - lo, hidden]
+            chunk = np.ascontiguousarray(read(lo * hop, (hi - 1) * hop + field), dtype=np.float32)
+            h = model(torch.from_numpy(chunk)[None]).last_hidden_state[0]  # [hi - lo, hidden]
             if h.shape[0] != hi - lo:
                 raise AudioEncoderError(
                     f"the hubert checkpoint gave {h.shape[0]} frames for {hi - lo} expected: "
@@ -114,16 +134,22 @@ def hidden_states(
     return out
 
 
-def hubert_features(
-    samples: np.ndarray, n_frames: int, settings: Settings, path: Path | None = None
-) -> np.ndarray:
-    """HuBERT features for ``n_frames`` video frames at 25 fps from 16 kHz mono samples. [N, 2, hidden]"""
-    model = load_hubert(settings, path)
+def check_frame_hop(model):
+    """``model`` when its features fall two per 25 fps video frame (a 320-sample hop), else
+    AudioEncoderError."""
     hop, _ = frame_geometry(model.config)
     per_frame = SAMPLE_RATE / 25 / hop
     if not math.isclose(per_frame, FRAMES_PER_VIDEO_FRAME):
         raise AudioEncoderError(
             f"the hubert checkpoint's frame hop is {hop} samples: {per_frame:g} features per video frame, not 2"
         )
+    return model
+
+
+def hubert_features(
+    samples: np.ndarray, n_frames: int, settings: Settings, path: Path | None = None
+) -> np.ndarray:
+    """HuBERT features for ``n_frames`` video frames at 25 fps from 16 kHz mono samples. [N, 2, hidden]"""
+    model = check_frame_hop(load_hubert(settings, path))
     feats = hidden_states(model, samples, FRAMES_PER_VIDEO_FRAME * n_frames)  # [2N, hidden]
-    return feats.reshape(n_frames, FRAMES_PER_VIDEO_FRAME, -1)
+    return feats.reshape(n_frames, FRAMES_PER_VIDEO_FRAME, feats.shape[-1])  # [N, 2, hidden] (N may be 0)
