@@ -124,7 +124,7 @@ def measure_new_audio(npz: Path, truth_video: Path) -> None:
 
     from gpu_worker.model import metrics as M
     from gpu_worker.model.dataparser import mouth_opening
-    from gpu_worker.model.evaluate import video_lip_gap
+    from gpu_worker.model.eval.sync import video_lip_gap
     from shared.settings import Settings
 
     settings = Settings(environment="test")

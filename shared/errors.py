@@ -24,3 +24,15 @@ class ModelFileError(SyncTalkError):
     """A model file could not be found, fetched or verified."""
 
     code = "model_file"
+
+
+class DatasetError(SyncTalkError):
+    """A dataset folder (the contract in docs/DATASET.md) is missing files, breaks the contract, or is
+    not one preprocessing wrote and may replace.
+
+    One class for both sides of the contract: preprocessing (the writer) raises it when it refuses to
+    replace a folder, the model and AVE (the readers) when a folder cannot be read. It lives here so
+    that neither side imports the other's modules to raise it.
+    """
+
+    code = "dataset_invalid"

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from gpu_worker.ave.towers import CROP_H, CROP_W, LIP_FRAMES
-from gpu_worker.model.dataparser import EYE_OUTER_LEFT, EYE_OUTER_RIGHT, LIPS_OUTER, DatasetError
+from gpu_worker.model.dataparser import EYE_OUTER_LEFT, EYE_OUTER_RIGHT, LIPS_OUTER
+from shared.errors import DatasetError
 
 
 @dataclass

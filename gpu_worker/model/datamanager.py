@@ -16,8 +16,9 @@ import torch
 
 from gpu_worker.model.cameras import pixel_rays
 from gpu_worker.model.config import DataConfig
-from gpu_worker.model.dataparser import DatasetError, DatasetInfo
+from gpu_worker.model.dataparser import DatasetInfo
 from gpu_worker.model.model import composite
+from shared.errors import DatasetError
 
 
 class ImageCache:

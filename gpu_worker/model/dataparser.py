@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import SyncTalkError
+from shared.errors import DatasetError  # raised here; shared with preprocessing (the writer)
 
 # MediaPipe FaceMesh indices used for boxes and mouth measures.
 LIPS_OUTER = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
@@ -31,12 +31,6 @@ REQUIRED = [
     "landmarks.npy",
     "audio_features.npy",
 ]
-
-
-class DatasetError(SyncTalkError):
-    """A dataset folder is missing files or does not follow the dataset contract."""
-
-    code = "dataset_invalid"
 
 
 @dataclass

@@ -80,7 +80,11 @@ def dark_mouth_opening(image: np.ndarray, lips_box: np.ndarray) -> float:
 
 
 class MouthTracker:
-    """MediaPipe landmarks for a sequence of frames (VIDEO mode), None where no face is found."""
+    """MediaPipe landmarks for a sequence of frames (VIDEO mode), None where no face is found.
+
+    One tracker per stream of frames: it carries state from each frame to the next (where to look, a
+    temporal filter), so two streams fed to one tracker pull toward each other (eval/landmarks.py).
+    """
 
     def __init__(self, landmarker) -> None:
         self.landmarker = landmarker
@@ -97,7 +101,8 @@ class MouthTracker:
 
 @contextmanager
 def mouth_tracker(settings):
-    """A MouthTracker, or None where the face landmarker is unavailable (no model file)."""
+    """A new MouthTracker with a landmarker of its own, or None where the face landmarker is unavailable
+    (no model file)."""
     from shared.errors import SyncTalkError
 
     try:
@@ -115,7 +120,9 @@ def mouth_tracker(settings):
 
 
 __all__ = [
+    "MouthTracker",
     "dark_mouth_opening",
+    "eye_agreement",
     "lmd",
     "mouth_opening",
     "mouth_tracker",

@@ -1,4 +1,8 @@
-"""Typed failures of preprocessing: each is bad input or an unusable clip, told to the uploader in one line."""
+"""Typed failures of preprocessing: each is bad input or an unusable clip, told to the uploader in one line.
+
+A dataset folder that preprocessing refuses to replace is ``shared.errors.DatasetError`` (``dataset_invalid``),
+the one class the dataset's readers raise too.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +37,3 @@ class AudioEncoderError(PreprocessError):
     """The requested audio encoder cannot run (unknown name, missing weights or package)."""
 
     code = "audio_encoder"
-
-
-class DatasetError(PreprocessError):
-    """An existing dataset folder is not one this code wrote or can replace."""
-
-    code = "dataset"

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpu_worker.preprocess import audio as audio_mod
-from gpu_worker.preprocess.errors import AudioEncoderError, ClipTooShortError, DatasetError
+from gpu_worker.preprocess.errors import AudioEncoderError, ClipTooShortError
 from gpu_worker.preprocess.step_cache import STEPS_DIR, chain_key, file_digest, write_json_atomic
-from shared.errors import SyncTalkError
+from shared.errors import DatasetError, SyncTalkError
 from shared.settings import Settings
 
 Progress = Callable[[str, float, str], None]

@@ -168,7 +168,8 @@ def train(
 )
 @click.option("--device", default=None, help="cpu or cuda.")
 def evaluate(model_dir: Path, audio, reference, truth_video, dataset, ave, max_frames, out, device) -> None:
-    """Evaluate a trained model: PSNR/SSIM/LMD/sync on validation frames; sync and lip motion on new audio."""
+    """Evaluate a trained model: PSNR/SSIM (against gt/ and the real frames), LMD and sync on validation
+    frames; sync and lip motion on new audio. Writes OUT/metrics.json and previews (docs/MODEL.md)."""
     from gpu_worker.model.evaluate import evaluate_model
     from shared.settings import get_settings
 

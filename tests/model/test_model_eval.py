@@ -128,12 +128,101 @@ def test_eval_writes_metrics(tiny_model, synthetic_dataset_b, settings, tmp_path
     assert sd["frames"] == 4 and 5 < sd["psnr"] < 60 and -1 <= sd["ssim"] <= 1
     # the portrait blend keeps the frame outside the inner face: never worse than the raw render
     assert sd["psnr_portrait"] >= sd["psnr"]
+    # against the real crops too (here the JPEG of the same picture as gt/: about the same figures)
+    assert abs(sd["psnr_frames"] - sd["psnr"]) < 1.5 and -1 <= sd["ssim_frames"] <= 1
+    assert sd["psnr_portrait_frames"] >= sd["psnr_frames"]
+    # the model's own torso: said so, and no note about the dataset's
+    assert sd["torso"] == "model" and m["new_audio"]["torso"] == "model"
+    assert not any("torso" in n for n in m["notes"])
     na = m["new_audio"]
     assert na["frames"] == 12
     assert set(na) >= {"mouth_envelope_corr", "lip_gap_corr_truth", "sync_confidence", "mouth_measure"}
     assert na["truth_envelope_corr"] is not None and na["truth_envelope_corr"] > 0.5  # sanity of the measures
     assert (out / "val_000.png").is_file() and (out / "audio_000.png").is_file()
     assert any("AVE" in n for n in m["notes"])  # no AVE checkpoint here: said so, not faked
+
+
+def test_eval_scores_the_real_frames_where_the_plate_is_off(
+    tiny_model, synthetic_dataset, settings, tmp_path
+):
+    """psnr/ssim compare with gt/ (person over the plate the render uses too: the background matches
+    for free); the *_frames keys compare with frames/, the real crops, whose background the plate only
+    estimates. Here the real background is made 0.3 brighter than the plate."""
+    import shutil
+
+    import cv2
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synthetic_dataset, ds)
+    for path in sorted((ds / "frames").glob("*.jpg")):
+        gt = cv2.imread(str(ds / "gt" / f"{path.stem}.png")).astype(np.float32)
+        person = cv2.imread(str(ds / "parsing" / f"{path.stem}.png"), cv2.IMREAD_GRAYSCALE)[..., None] > 0
+        cv2.imwrite(str(path), np.where(person, gt, np.clip(gt + 77, 0, 255)).astype(np.uint8))
+    sd = evaluate_model(tiny_model, settings, dataset=ds, out_dir=tmp_path / "ev", max_frames=4)[
+        "self_driven"
+    ]
+    assert sd["psnr_frames"] < sd["psnr"] - 2 and sd["ssim_frames"] < sd["ssim"]
+    # (measured: psnr 16.5, psnr_frames 12.4 dB.) The portrait blend shows the real frame outside the
+    # face: the background's error is gone again, as it is against gt/ (measured 17.94 and 17.91 dB)
+    assert sd["psnr_portrait_frames"] > sd["psnr_frames"] + 2
+    assert abs(sd["psnr_portrait_frames"] - sd["psnr_portrait"]) < 0.5
+
+
+def test_eval_without_a_torso_stage_says_the_torso_is_the_datasets(
+    tiny_model, synthetic_dataset_b, settings, tmp_path
+):
+    import shutil
+
+    import torch
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    payload = torch.load(model / FINAL, map_location="cpu", weights_only=False)
+    payload["stages_done"] = ["head", "lips"]  # as if trained without the torso stage
+    torch.save(payload, model / FINAL)
+    assert not load_model(model).has_torso
+    m = evaluate_model(model, settings, reference=synthetic_dataset_b, out_dir=tmp_path / "ev", max_frames=8)
+    assert m["self_driven"]["torso"] == "dataset" and m["new_audio"]["torso"] == "dataset"
+    assert sum("no trained torso stage" in n for n in m["notes"]) == 1  # said once, for both parts
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["self_driven"]["torso"] == "dataset" and saved["notes"] == m["notes"]
+
+
+def test_self_driven_landmarks_come_from_one_tracker_per_stream(
+    tiny_model, synthetic_dataset, settings, tmp_path, monkeypatch
+):
+    """Evaluation feeds the renders to one tracker and the gt frames to the other, frame by frame
+    (test_eval_landmarks.py measures why on a real face; the synthetic sphere has no face to find)."""
+    from contextlib import contextmanager
+
+    import cv2
+
+    from gpu_worker.model.eval import self_driven
+    from gpu_worker.model.eval.landmarks import LandmarkPairs
+
+    seen: dict[str, list[np.ndarray]] = {"render": [], "truth": []}
+
+    class Tracker:
+        def __init__(self, stream: str) -> None:
+            self.stream = stream
+
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            seen[self.stream].append(image.copy())
+            return np.full((478, 3), 1.0 if self.stream == "render" else 0.0, np.float32)
+
+    @contextmanager
+    def pairs(_settings):
+        yield LandmarkPairs(Tracker("render"), Tracker("truth"))
+
+    monkeypatch.setattr(self_driven, "landmark_pairs", pairs)
+    sd = evaluate_model(tiny_model, settings, out_dir=tmp_path / "ev", max_frames=4)["self_driven"]
+    assert len(seen["render"]) == len(seen["truth"]) == sd["lmd_frames"] == 4
+    assert sd["lmd_px"] == pytest.approx(np.sqrt(2))  # every landmark 1 px off in x and y
+    val = parse_dataset(synthetic_dataset).val_ids
+    for k, truth in enumerate(seen["truth"]):
+        gt = cv2.imread(str(synthetic_dataset / "gt" / f"{val[k]:06d}.png"))[..., ::-1] / 255.0
+        np.testing.assert_allclose(truth, gt, atol=1e-6)
+    assert not np.allclose(seen["render"][0], seen["truth"][0], atol=0.02)
 
 
 def test_eval_of_missing_or_corrupt_model(tmp_path, settings, tiny_model):

@@ -11,8 +11,9 @@ import torch
 
 from gpu_worker.model.checkpoint import CheckpointError
 from gpu_worker.model.config import ConfigError, config_from_dict, parse_stages, profile_config
-from gpu_worker.model.dataparser import DatasetError, parse_dataset
+from gpu_worker.model.dataparser import parse_dataset
 from gpu_worker.model.trainer import CHECKPOINT, FINAL, Trainer, TrainingError, train_model
+from shared.errors import DatasetError
 
 
 def _tiny(stages="head,lips,torso", **trainer):

@@ -15,6 +15,7 @@ from gpu_worker.preprocess.errors import ClipTooShortError, NoFaceError, Preproc
 from gpu_worker.preprocess.images import read_gray
 from gpu_worker.preprocess.parsing import HEAD
 from gpu_worker.preprocess.stabilizer.camera import AABB_LIMIT, pixel_rays
+from shared.errors import DatasetError
 
 R = 128
 
@@ -281,8 +282,10 @@ def test_unknown_encoder_and_foreign_out_dir_are_refused(tiny_sample, tmp_path):
     assert not list(tmp_path.glob(".ds*")) and not (tmp_path / "ds").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")
-    with pytest.raises(PreprocessError, match="not a dataset"):
+    # the one DatasetError the dataset's readers raise too (shared.errors), with its one code
+    with pytest.raises(DatasetError, match="not a dataset") as err:
         run_preprocess(tiny_sample / "subject.mp4", tmp_path / "mine", s, resolution=64)
+    assert err.value.code == "dataset_invalid"
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
 
 
