@@ -1,7 +1,8 @@
 """`make demo`: the pipeline end to end on the embedded default, saying what it produced.
 
 sample subject (two clips of one person) -> dataset -> trained model -> metrics on the validation frames
-and on the second clip's "new" audio. Every step is the same stage function the workers call; reruns
+and on the second clip's "new" audio -> a dub: the subject saying the new speech, pasted back into its
+own full frame, with its quality checks. Every step is the same stage function the workers call; reruns
 reuse finished steps (the dataset and model stages skip or resume their own work).
 """
 
@@ -42,10 +43,12 @@ def _progress(step: str, fraction: float, message: str) -> None:
     help="Frames rendered per part of the evaluation (validation, new audio); 0 renders all.",
 )
 def main(out_dir: Path, seconds: float, size: int, profile: str, eval_frames: int) -> None:
-    """Run sample -> preprocess -> train -> eval and print where each result is."""
+    """Run sample -> preprocess -> train -> eval -> render and print where each result is."""
     from gpu_worker.model.evaluate import evaluate
     from gpu_worker.model.trainer import train
     from gpu_worker.preprocess import run_preprocess
+    from gpu_worker.render.options import RenderOptions
+    from gpu_worker.render.stage import render
     from gpu_worker.sample import make_sample
 
     settings = get_settings()
@@ -54,7 +57,7 @@ def main(out_dir: Path, seconds: float, size: int, profile: str, eval_frames: in
     produced: dict[str, Path] = {}
     started = time.perf_counter()
 
-    t = _step("1/4 sample subject: a real photo animated by offline speech")
+    t = _step("1/5 sample subject: a real photo animated by offline speech")
     clip = out_dir / "sample"
     if not (clip / "truth.json").exists():
         make_sample(clip, seconds=seconds, size=size, seed=0, settings=settings, progress=_progress)
@@ -65,7 +68,7 @@ def main(out_dir: Path, seconds: float, size: int, profile: str, eval_frames: in
     produced["new speech + its ground truth"] = new_audio / "subject.mp4"
     click.echo(f"\n  done in {time.perf_counter() - t:.1f} s")
 
-    t = _step("2/4 preprocess: face analysis, parsing, Head-Sync Stabilizer, audio features")
+    t = _step("2/5 preprocess: face analysis, parsing, Head-Sync Stabilizer, audio features")
     dataset = run_preprocess(
         clip / "subject.mp4", out_dir / "dataset", settings, resolution=size, progress=_progress
     )
@@ -76,13 +79,13 @@ def main(out_dir: Path, seconds: float, size: int, profile: str, eval_frames: in
         f"{report.get('face_detection_ratio', float('nan')) * 100:.1f}% of frames"
     )
 
-    t = _step(f"3/4 train: head, lips and torso stages ({profile} profile)")
+    t = _step(f"3/5 train: head, lips and torso stages ({profile} profile)")
     model_dir = out_dir / "model"
     train(dataset, model_dir, profile=profile, resume=True, settings=settings, progress=_progress)
     produced["model"] = model_dir
     click.echo(f"\n  done in {time.perf_counter() - t:.1f} s")
 
-    t = _step("4/4 evaluate: validation frames and the new audio")
+    t = _step("4/5 evaluate: validation frames and the new audio")
     metrics_path = evaluate(
         model_dir,
         audio=new_audio / "speech.wav",
@@ -95,10 +98,38 @@ def main(out_dir: Path, seconds: float, size: int, profile: str, eval_frames: in
     metrics = json.loads(Path(metrics_path).read_text())
     click.echo(f"\n  done in {time.perf_counter() - t:.1f} s")
 
+    t = _step("5/5 dub: the subject says the new speech, in its own full frame")
+    dubbed = render(
+        model_dir, new_audio / "speech.wav", out_dir / "dub.mp4", RenderOptions(mode="fullframe"), settings,
+        _progress, source=clip / "subject.mp4",
+    )  # fmt: skip
+    produced["dubbed video (fullframe)"] = dubbed.video
+    produced["its quality checks"] = dubbed.qc_path
+    click.echo(
+        f"\n  done in {time.perf_counter() - t:.1f} s: {dubbed.frames} frames at {dubbed.fps} fps, "
+        f"{dubbed.width}x{dubbed.height}"
+    )
+
     click.secho(f"\nDemo finished in {(time.perf_counter() - started) / 60:.1f} min. Results:", bold=True)
     for label, path in produced.items():
         click.echo(f"  {label:<32} {path}")
     click.echo("  metrics: " + json.dumps(_headline(metrics)))
+    qc = dubbed.qc
+    click.echo(
+        "  dub QC: "
+        + json.dumps(
+            {
+                "flags": qc.get("flags"),
+                "face_share": qc.get("face_share"),
+                "mouth_envelope_corr_best": _round(qc.get("mouth_envelope_corr_best")),
+                "sync_confidence": _round((qc.get("sync") or {}).get("confidence")),
+            }
+        )
+    )
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 3)
 
 
 def _headline(metrics: dict) -> dict:

@@ -101,13 +101,7 @@ class FrameReader:
                 if len(buf) == nbytes:
                     yield np.frombuffer(buf, np.uint8).reshape(self.height, self.width, 3)  # [H, W, 3]
                     continue
-                rc = proc.wait()
-                if proc.timed_out:
-                    raise MediaTimeoutError(
-                        f"ffmpeg stalled for more than {self.settings.ffmpeg_timeout_s:.0f} s reading {self._shown}."
-                    )
-                if rc != 0:
-                    raise process.classify_ffmpeg_error(proc.stderr_text(), self._shown, "decode")
+                proc.finish(self._shown, "decode")
                 if buf:
                     raise MediaDecodeError(f"{self._shown}: the last frame was cut short.")
                 return

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpu_worker.media import process
-from gpu_worker.media.errors import MediaDecodeError, MediaTimeoutError
+from gpu_worker.media.errors import MediaDecodeError
 from gpu_worker.media.info import AudioStreamInfo, MediaInfo
 from gpu_worker.media.probe import probe
 from gpu_worker.media.safety import SAFE_INPUT_OPTIONS, ffmpeg_url
@@ -101,13 +101,7 @@ def _run_with_progress(
             if key == "out_time_us" and progress and total_s > 0 and value.isdigit():
                 done = min(1.0, int(value) / 1e6 / total_s)
                 progress("normalize_video", done, f"{shown}: {done * 100:.0f}%")
-        rc = proc.wait()
-        if proc.timed_out:
-            raise MediaTimeoutError(
-                f"ffmpeg stalled for more than {settings.ffmpeg_timeout_s:.0f} s on {shown}."
-            )
-        if rc != 0:
-            raise process.classify_ffmpeg_error(proc.stderr_text(), shown, "normalize")
+        proc.finish(shown, "normalize")
     finally:
         proc.close()
 

@@ -97,6 +97,14 @@ class Process:
         with self.busy():
             return self.proc.wait()
 
+    def finish(self, shown: str, action: str = "decode") -> None:
+        """Wait for the child to end; a stall past the time limit or a failure becomes a typed MediaError."""
+        rc = self.wait()
+        if self.timed_out:
+            raise MediaTimeoutError(f"ffmpeg stalled for more than {self._timeout:.0f} s ({action} {shown}).")
+        if rc != 0:
+            raise classify_ffmpeg_error(self.stderr_text(), shown, action)
+
     def kill(self) -> None:
         """Stop the child (idempotent) and release its pipes and the watchdog."""
         self._stop.set()

@@ -212,17 +212,17 @@ def _load_16k(audio_path: Path) -> np.ndarray:
     return np.asarray(load_audio(Path(audio_path), rate=SAMPLE_RATE), dtype=np.float32).reshape(-1)
 
 
-def _ave_features(windows: np.ndarray, checkpoint: Path) -> np.ndarray:
-    """Run the AVE audio tower (owned by the model side) over mel windows. [N, 512]"""
+AVE_BATCH = 256  # windows per AVE tower call (the streamed render path uses the same batches)
+
+
+def ave_features(windows: np.ndarray, encoder, checkpoint: Path) -> np.ndarray:
+    """Run the AVE audio tower (owned by the model side, eval mode) over mel windows [N, 80, 16]. [N, 512]"""
     import torch
 
-    from gpu_worker.ave import load_audio_encoder  # type: ignore[import-not-found]
-
-    encoder = load_audio_encoder(Path(checkpoint)).eval()
     out = []
     with torch.no_grad():
-        for start in range(0, len(windows), 256):
-            batch = torch.from_numpy(windows[start : start + 256]).unsqueeze(1)  # [B, 1, 80, 16]
+        for start in range(0, len(windows), AVE_BATCH):
+            batch = torch.from_numpy(windows[start : start + AVE_BATCH]).unsqueeze(1)  # [B, 1, 80, 16]
             out.append(encoder(batch).float().cpu().numpy())
     feats = np.concatenate(out) if out else np.zeros((0, 512), dtype=np.float32)
     if feats.shape[1:] != (512,):
@@ -280,16 +280,25 @@ def compute_audio_features(
     if encoder == "hubert":
         return hubert_features(y, n, settings, hubert_dir), warnings
     windows = mel_windows(log_mel(y), n)  # [N, 80, 16]
-    if encoder == "ave":
-        if ave_checkpoint is None:
-            warnings.append("audio encoder 'ave' asked for without a checkpoint: used 'mel' features instead")
-        elif not Path(ave_checkpoint).is_file():
-            raise AudioEncoderError(f"AVE checkpoint not found: {ave_checkpoint}")
-        else:
-            try:
-                return _ave_features(windows, Path(ave_checkpoint)), warnings
-            except ImportError:
-                warnings.append(
-                    "the AVE audio tower (gpu_worker.ave) is not available: used 'mel' features instead"
-                )
+    tower = load_ave_tower(encoder, ave_checkpoint, warnings)
+    if tower is not None:
+        return ave_features(windows, tower, ave_checkpoint), warnings
     return windows, warnings
+
+
+def load_ave_tower(encoder: str, ave_checkpoint: Path | None, warnings: list[str]):
+    """The AVE audio tower (eval mode) that the ``ave`` encoder runs, or None: another encoder, or ``ave``
+    without a checkpoint (mel features are used, and a warning is appended). A missing file is an error."""
+    if encoder != "ave":
+        return None
+    if ave_checkpoint is None:
+        warnings.append("audio encoder 'ave' asked for without a checkpoint: used 'mel' features instead")
+        return None
+    if not Path(ave_checkpoint).is_file():
+        raise AudioEncoderError(f"AVE checkpoint not found: {ave_checkpoint}")
+    try:
+        from gpu_worker.ave import load_audio_encoder
+    except ImportError:
+        warnings.append("the AVE audio tower (gpu_worker.ave) is not available: used 'mel' features instead")
+        return None
+    return load_audio_encoder(Path(ave_checkpoint)).eval()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_worker.media import process
-from gpu_worker.media.errors import MediaDecodeError, MediaTimeoutError
+from gpu_worker.media.errors import MediaDecodeError
 from gpu_worker.media.info import MediaInfo
 from gpu_worker.media.probe import probe
 from gpu_worker.media.safety import SAFE_INPUT_OPTIONS, ffmpeg_url
@@ -33,7 +33,6 @@ Progress = Callable[[str, float, str], None]
 SAMPLE_RATE = A.SAMPLE_RATE
 SPEECH_WAV = "speech.wav"  # the decoded track's name inside work_dir
 CHUNK_FRAMES = 512  # video frames of mel/AVE features per chunk: 20 s, a multiple of the AVE batch (256)
-AVE_BATCH = 256  # as preprocess.audio._ave_features, so batches (and their numbers) line up
 PIPE_BYTES = 1 << 20  # native-rate f32le read from ffmpeg at a time (a multiple of 4)
 LEVEL_CHUNK = 2048  # 20 ms level frames per read (20 s)
 FULL_SCALE = 32767 / 32768  # a decoded sample this large sat at the 16-bit limit (or beyond)
@@ -145,13 +144,7 @@ def _decode(
             if progress and total / expected - shown >= 0.02:
                 shown = min(1.0, total / expected)
                 progress("decode", shown, f"decoded {total / (a.sample_rate * a.channels):.0f} s")
-        rc = proc.wait()
-        if proc.timed_out:
-            raise MediaTimeoutError(
-                f"ffmpeg stalled for more than {settings.ffmpeg_timeout_s:.0f} s on {source.name}."
-            )
-        if rc != 0:
-            raise process.classify_ffmpeg_error(proc.stderr_text(), source.name, "decode")
+        proc.finish(source.name, "decode")
         if progress:
             progress("decode", 1.0, f"decoded {total / (a.sample_rate * a.channels):.0f} s")
     finally:
@@ -227,21 +220,7 @@ def speech_features(
         y = track.samples(start, stop)
         return y * scale if scale is not None else y
 
-    tower = None
-    if encoder == "ave":
-        if ave_checkpoint is None:
-            warnings.append("audio encoder 'ave' asked for without a checkpoint: used 'mel' features instead")
-        elif not Path(ave_checkpoint).is_file():
-            raise AudioEncoderError(f"AVE checkpoint not found: {ave_checkpoint}")
-        else:
-            try:
-                from gpu_worker.ave import load_audio_encoder
-
-                tower = load_audio_encoder(Path(ave_checkpoint)).eval()
-            except ImportError:
-                warnings.append(
-                    "the AVE audio tower (gpu_worker.ave) is not available: used 'mel' features instead"
-                )
+    tower = A.load_ave_tower(encoder, ave_checkpoint, warnings)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.partial-{uuid.uuid4().hex[:8]}.npy")
@@ -274,28 +253,11 @@ def _mel_or_ave(n_samples, read, n, tower, checkpoint, tmp: Path, progress: Prog
             m0 = int(idx.min())
             mel = A.log_mel_frames(read, n_samples, m0, int(idx.max()) + 1)  # [m, 80]
             win = np.ascontiguousarray(mel[idx - m0].transpose(0, 2, 1))  # [b, 80, 16]
-        out[i0:i1] = win if tower is None else _ave(tower, win, checkpoint)
+        out[i0:i1] = win if tower is None else A.ave_features(win, tower, checkpoint)
         out.flush()  # keep the dirty pages of a long output bounded too
         if progress:
             progress("features", i1 / n, f"audio features: frame {i1} of {n}")
     del out
-
-
-def _ave(tower, windows: np.ndarray, checkpoint) -> np.ndarray:
-    """The AVE audio tower over mel windows [b, 80, 16], in preprocess.audio's batches. [b, 512]"""
-    import torch
-
-    with torch.no_grad():
-        parts = [
-            tower(torch.from_numpy(windows[s : s + AVE_BATCH]).unsqueeze(1)).float().cpu().numpy()
-            for s in range(0, len(windows), AVE_BATCH)
-        ]  # each [B, 512]
-    feats = np.concatenate(parts)
-    if feats.shape[1:] != (512,):
-        raise AudioEncoderError(
-            f"AVE checkpoint {checkpoint} gives features of shape {feats.shape[1:]}, not (512,)"
-        )
-    return feats
 
 
 def _hubert(track, read, n, settings: Settings, folder, tmp: Path, progress: Progress | None) -> None:

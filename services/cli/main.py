@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "train-ave": "services.cli.model_cmd:train_ave",
     "train": "services.cli.model_cmd:train",
     "eval": "services.cli.model_cmd:evaluate",
+    "render": "services.cli.render_cmd:render",
+    "dub": "services.cli.render_cmd:dub",
 }
 
 

@@ -34,34 +34,15 @@ def preprocess(
 
     Reruns skip the steps whose inputs and settings did not change; an interrupted run resumes.
     """
-    from tqdm import tqdm
-
     from gpu_worker.preprocess import run_preprocess
+    from services.cli.progress import ProgressBar
     from shared.settings import get_settings
 
-    # Created at the first progress event, so input refused up front prints only its error line.
-    bar = None
-    state = {"step": ""}
-
-    def progress(step: str, fraction: float, message: str) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}")
-        if step != state["step"]:
-            state["step"] = step
-            bar.set_description(step)
-        bar.n = round(100 * fraction)
-        bar.set_postfix_str(message[:60])
-        bar.refresh()
-
-    try:
+    with ProgressBar(width=60) as bar:
         out = run_preprocess(
             video, out_dir, get_settings(), resolution=resolution, audio_encoder=audio_encoder,
-            ave_checkpoint=ave_checkpoint, progress=progress,
+            ave_checkpoint=ave_checkpoint, progress=bar,
         )  # fmt: skip
-    finally:
-        if bar is not None:
-            bar.close()
     report = json.loads((out / "report.json").read_text())
     pose = report["pose"]
     click.echo(f"dataset: {out}")

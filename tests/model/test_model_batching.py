@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gpu_worker.model.audio_net import window_indices
-from gpu_worker.model.config import profile_config
 from gpu_worker.model.cameras import pixel_rays
+from gpu_worker.model.config import profile_config
 from gpu_worker.model.datamanager import DataManager, expression_weights
 from gpu_worker.model.dataparser import EYE_LIDS, EYES, lip_shape, mouth_opening, parse_dataset
 from gpu_worker.model.metrics import eye_agreement
