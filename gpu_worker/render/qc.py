@@ -11,6 +11,8 @@ at; every threshold is in ``THRESHOLDS`` and documented.
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -31,6 +33,7 @@ THRESHOLDS = {
     # clipped_audio: more than this share of the track's samples sit at full scale
     "clipped_share": 0.001,
 }
+PENDING_FACES = 32  # faces queued for the landmarker at most (32 x 192 KB at 256 px)
 SYNC_MAX_FRAMES = 1500  # AVE sync over the first minute (25 fps frames): mouth crops are kept for it
 MIN_CORR_FRAMES = 25  # fewer frames with a face than this: no correlation is reported
 
@@ -70,6 +73,10 @@ class QualityChecks:
         self._stack = ExitStack()
         self._tracker = None
         self._crops: dict[int, np.ndarray] = {}  # model (25 fps) frame -> mouth crop [32, 64] uint8
+        # The landmarker (about 9 ms a frame on a CPU) runs on one worker thread, in frame order, beside
+        # the render: on a GPU worker it is hidden behind the head render. At most PENDING_FACES wait.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-qc")
+        self._pending: deque[Future] = deque()
 
     def __enter__(self) -> QualityChecks:
         from gpu_worker.model.metrics import mouth_tracker
@@ -81,15 +88,28 @@ class QualityChecks:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
         self._stack.close()
 
     def add_face(self, face: np.ndarray) -> None:
-        """The face region of the next output frame [S, S, 3] uint8."""
+        """The face region of the next output frame [S, S, 3] uint8 (measured on the worker thread)."""
         if self._tracker is None:
             self.openings.append(np.nan)
             return
+        self.openings.append(np.nan)  # filled in by the worker, in order
+        self._pending.append(self._worker.submit(self._measure, len(self.openings) - 1, face))
+        while len(self._pending) > PENDING_FACES:  # back-pressure: bounded memory, errors surface here
+            self._pending.popleft().result()
+
+    def _measure(self, index: int, face: np.ndarray) -> None:
         lms = self._tracker(face)
-        self.openings.append(float(mouth_opening(lms[None])[0]) if lms is not None else np.nan)
+        if lms is not None:
+            self.openings[index] = float(mouth_opening(lms[None])[0])
+
+    def wait(self) -> None:
+        """Every frame handed in has been measured (re-raises the worker's error, if any)."""
+        while self._pending:
+            self._pending.popleft().result()
 
     def add_mouth(self, model_frame: int, crop: np.ndarray) -> None:
         """A rendered mouth crop [32, 64] uint8 for the AVE sync, at the model's 25 fps frame index."""
@@ -103,6 +123,7 @@ class QualityChecks:
     def report(self, track, envelope: np.ndarray, mel_windows: np.ndarray | None) -> dict:
         """The QC dict: ``envelope`` [F] RMS per output frame, ``mel_windows`` [M, 80, 16] (25 fps) for the
         AVE sync (None without an AVE)."""
+        self.wait()
         t = THRESHOLDS
         opening = np.asarray(self.openings, np.float64)
         n = opening.size
