@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import camera_rays, kernels, sphere_grid
+from kernel_helpers import camera_rays, kernels, sphere_grid
 
 import cuda_ext as ce
 from cuda_ext import reference as ref

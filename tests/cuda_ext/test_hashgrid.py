@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import both, kernels
+from kernel_helpers import both, kernels
 
 import cuda_ext as ce
 from cuda_ext import reference as ref

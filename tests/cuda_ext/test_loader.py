@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import kernels
+from kernel_helpers import kernels
 
 import cuda_ext
 from cuda_ext import build_spec, loader

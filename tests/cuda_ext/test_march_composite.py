@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import both, camera_rays, kernels, sphere_grid
+from kernel_helpers import both, camera_rays, kernels, sphere_grid
 
 import cuda_ext as ce
 from cuda_ext import reference as ref

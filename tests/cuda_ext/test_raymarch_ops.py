@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import both, camera_rays, kernels
+from kernel_helpers import both, camera_rays, kernels
 
 import cuda_ext as ce
 from cuda_ext.errors import KernelInputError

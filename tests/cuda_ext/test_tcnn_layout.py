@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import kernels
+from kernel_helpers import kernels
 from torch import nn
 
 import cuda_ext as ce

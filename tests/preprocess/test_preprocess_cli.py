@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_settings
+from preprocess_helpers import tiny_settings
 
 from services.cli.main import cli
 from shared.settings import get_settings

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_HUBERT_HIDDEN as HIDDEN
-from conftest import save_tiny_hubert
+from preprocess_helpers import TINY_HUBERT_HIDDEN as HIDDEN
+from preprocess_helpers import save_tiny_hubert
 
 from gpu_worker.preprocess import audio, hubert
 from gpu_worker.preprocess.errors import AudioEncoderError

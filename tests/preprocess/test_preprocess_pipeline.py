@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_settings, write_clip, write_tone
+from preprocess_helpers import TINY_HUBERT_HIDDEN, save_tiny_hubert, tiny_settings, write_clip, write_tone
 
 from gpu_worker.media.errors import MediaError
 from gpu_worker.preprocess import run_preprocess
@@ -158,8 +158,6 @@ def test_rerun_skips_unchanged_steps_and_redoes_changed(tiny_sample, tmp_path):
 
 
 def test_encoder_change_on_a_published_dataset_redoes_only_audio(tiny_sample, tmp_path):
-    from conftest import TINY_HUBERT_HIDDEN, save_tiny_hubert
-
     from gpu_worker.preprocess.hubert import HUBERT_DIR_NAME
 
     settings = tiny_settings(tmp_path)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_settings
+from preprocess_helpers import tiny_settings
 
 from gpu_worker.preprocess import run_preprocess
 from gpu_worker.preprocess.stabilizer.camera import CV_TO_GL, rotation_errors_deg, rotation_jitter_deg
