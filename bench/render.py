@@ -1,6 +1,6 @@
 """Render stage speed and memory: frames per second end to end and per part, into a 720p source.
 
-    python bench/render.py MODEL_DIR [--audio WAV] [--seconds 20] [--source-size 1280x720] [--mode fullframe]
+    python bench/render.py MODEL_DIR [--audio WAV] [--seconds 20] [--source-size WxH] [--mode M] [--device cuda]
     python bench/render.py MODEL_DIR --memory-minutes 10     # RSS over a 10-minute track (use a tiny model)
 
 The subject's own source is usually small (the sample is 256 px); to measure paste-back and encoding at
@@ -90,9 +90,10 @@ def _speech(work: Path, seconds: float, audio: Path | None) -> Path:
 @click.option("--scale", type=int, default=2, show_default=True, help="Enlargement of the subject's source.")
 @click.option("--mode", type=click.Choice(["fullframe", "portrait", "crop"]), default="fullframe")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch threads.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda where available).")
 @click.option("--no-qc", is_flag=True)
 @click.option("--memory-minutes", type=float, default=0.0, help="Also render this long a track, RSS sampled.")
-def main(model_dir, audio, seconds, source_size, scale, mode, threads, no_qc, memory_minutes) -> None:
+def main(model_dir, audio, seconds, source_size, scale, mode, threads, device, no_qc, memory_minutes) -> None:
     import torch
 
     from gpu_worker.render.options import RenderOptions
@@ -106,9 +107,10 @@ def main(model_dir, audio, seconds, source_size, scale, mode, threads, no_qc, me
         work = Path(tmp)
         dataset, source = _enlarged_subject(model_dir, work, (w, h), scale)
         t = time.perf_counter()
-        renderer = Renderer(model_dir, get_settings(), dataset=dataset, source=source)
+        renderer = Renderer(model_dir, get_settings(), dataset=dataset, source=source, device=device)
+        sub = renderer.subject
         click.echo(
-            f"subject loaded in {time.perf_counter() - t:.2f} s (model res {renderer.subject.model_res})"
+            f"subject loaded in {time.perf_counter() - t:.2f} s (model res {sub.model_res}, {sub.loaded.device})"
         )
         speech = _speech(work, seconds, audio)
         options = RenderOptions(mode=mode, qc=not no_qc)

@@ -3,8 +3,9 @@
 ``open_speech`` checks a user's file, decodes its first audio stream once (16 kHz mono s16 WAV in the
 work folder, and at the same time the native-rate samples through a pipe for peak and clipping) and
 measures its speech level. ``speech_features`` turns the WAV into the per-frame features of
-``gpu_worker.preprocess.audio.compute_audio_features``, chunk by chunk, into an ``.npy`` memmap. Every
-chunk reads exactly the samples the whole-track computation would have used, so the numbers equal it.
+``gpu_worker.preprocess.audio.compute_audio_features``, chunk by chunk, into an ``.npy`` file read back
+by rows (``npy_rows``: never memory-mapped, so resident memory stays flat however long). Every chunk
+reads exactly the samples the whole-track computation would have used, so the numbers equal it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gpu_worker.media.probe import probe
 from gpu_worker.media.safety import SAFE_INPUT_OPTIONS, ffmpeg_url
 from gpu_worker.preprocess import audio as A
 from gpu_worker.preprocess.errors import AudioEncoderError
+from gpu_worker.render.npy_rows import NpyRows, NpyWriter
 from shared.settings import Settings
 
 Progress = Callable[[str, float, str], None]
@@ -206,7 +208,7 @@ def speech_features(
 ) -> tuple[np.ndarray, list[str]]:
     """compute_audio_features(samples=<whole track>) written chunk by chunk to ``out_path`` (.npy).
 
-    Returns (the features as a read-only memmap [N, *feature shape], warnings); ``ave`` without a usable
+    Returns (the features as read-only rows of the file, ``NpyRows`` [N, *feature shape], warnings); ``ave`` without a usable
     checkpoint or tower falls back to ``mel`` with a warning, as compute_audio_features does.
     """
     if encoder not in A.ENCODERS:
@@ -233,7 +235,7 @@ def speech_features(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return np.load(out_path, mmap_mode="r"), warnings
+    return NpyRows(out_path), warnings
 
 
 def _mel_or_ave(n_samples, read, n, tower, checkpoint, tmp: Path, progress: Progress | None) -> None:
@@ -241,7 +243,7 @@ def _mel_or_ave(n_samples, read, n, tower, checkpoint, tmp: Path, progress: Prog
     video frames at a time; each chunk computes only the mel frames its windows use."""
     n_mel = 1 + n_samples // A.HOP if n_samples else 0  # log_mel's frame count for the whole track
     shape = (n, 512) if tower is not None else (n, A.N_MELS, A.WINDOW_FRAMES)
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    out = NpyWriter(tmp, shape)
     chunk = CHUNK_FRAMES
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
@@ -254,10 +256,9 @@ def _mel_or_ave(n_samples, read, n, tower, checkpoint, tmp: Path, progress: Prog
             mel = A.log_mel_frames(read, n_samples, m0, int(idx.max()) + 1)  # [m, 80]
             win = np.ascontiguousarray(mel[idx - m0].transpose(0, 2, 1))  # [b, 80, 16]
         out[i0:i1] = win if tower is None else A.ave_features(win, tower, checkpoint)
-        out.flush()  # keep the dirty pages of a long output bounded too
         if progress:
             progress("features", i1 / n, f"audio features: frame {i1} of {n}")
-    del out
+    out.close()
 
 
 def _hubert(track, read, n, settings: Settings, folder, tmp: Path, progress: Progress | None) -> None:
@@ -280,9 +281,8 @@ def _hubert(track, read, n, settings: Settings, folder, tmp: Path, progress: Pro
         y[max(0, track.n_samples - start) :] = 0.0  # its zero padding comes after normalising
         return y
 
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, 2, model.config.hidden_size))
-    H.hidden_states_from(model, normalised, 2 * n, out=out.reshape(2 * n, model.config.hidden_size))
-    out.flush()
+    out = NpyWriter(tmp, (n, 2, model.config.hidden_size))  # written as 2n rows of hidden states
+    H.hidden_states_from(model, normalised, 2 * n, out=out)
+    out.close()
     if progress:
         progress("features", 1.0, f"audio features: {n} frames")
-    del out

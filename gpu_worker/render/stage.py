@@ -3,7 +3,7 @@
 ``render(model_dir, audio, out, options, settings, progress)`` is the stage function a Celery task and
 the CLI call; ``Renderer`` keeps a subject loaded so many tracks render from one load. Per track:
 
-  speech file -> checked, decoded to 16 kHz on disk, features through the model's encoder (a memmap)
+  speech file -> checked, decoded to 16 kHz on disk, features through the model's encoder (an .npy file read by rows)
   -> for each batch of output frames: the driving walk gives pose / expression / images, the audio
      code is interpolated at the frame's time, the head is marched for the whole batch at once
   -> the mode's compositing (crop, portrait blend, paste-back into the source frame)
@@ -166,7 +166,7 @@ class _TrackRender:
         return fps, build_timeline(s.usable, fps=fps, start_frame=self.opt.start_frame), (side, side)
 
     def _features(self, track, work: Path) -> tuple[np.ndarray, list[str]]:
-        """The track's features through the model's encoder and level normalization (a memmap [N, ...])."""
+        """The track's features through the model's encoder and level normalization (rows of an .npy file [N, ...])."""
         from gpu_worker.render.speech import speech_features
 
         t = time.perf_counter()

@@ -191,3 +191,24 @@ def test_cli_renders_several_tracks_from_one_model_load(
         "speech.qc.json",
     ]
     assert "silent_audio" in res.output
+
+
+@pytest.mark.gpu
+def test_render_on_the_gpu_matches_the_cpu(tiny_model, subject, speech_mp3, settings, tmp_path):
+    """The stage on a CUDA device (the GPU worker's case): same frames as on the CPU, within the
+    kernels' float tolerance and one H.264 generation."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    opts = RenderOptions(mode="crop", crf=0, qc=False)
+    cpu = Renderer(tiny_model, settings, dataset=subject.dataset, device="cpu").render(
+        speech_mp3, tmp_path / "c.mp4", opts
+    )
+    gpu = Renderer(tiny_model, settings, dataset=subject.dataset, device="cuda").render(
+        speech_mp3, tmp_path / "g.mp4", opts
+    )
+    assert gpu.frames == cpu.frames
+    with FrameReader(cpu.video, settings=settings) as a, FrameReader(gpu.video, settings=settings) as b:
+        diffs = [np.abs(x.astype(np.float32) - y).mean() for x, y in zip(a, b, strict=True)]
+    assert max(diffs) < 3.0, max(diffs)

@@ -21,6 +21,7 @@ from gpu_worker.model.metrics import speech_envelope
 from gpu_worker.preprocess import audio as A
 from gpu_worker.preprocess.errors import AudioEncoderError
 from gpu_worker.render import speech
+from gpu_worker.render.npy_rows import NpyRows
 from shared.settings import Settings
 
 torch.set_num_threads(1)  # the test machine's cores are shared
@@ -83,7 +84,7 @@ def test_mel_features_equal_the_whole_track_computation(track_50s, cfg, tmp_path
         track, "mel", level, cfg, tmp_path / "mel.npy", progress=lambda s, f, m: steps.append((s, f))
     )
     ref, ref_warnings = A.compute_audio_features(None, "mel", cfg, samples=y, level=level)
-    assert isinstance(feats, np.memmap) and feats.shape == ref.shape == (1250, 80, 16)
+    assert isinstance(feats, NpyRows) and feats.shape == ref.shape == (1250, 80, 16)
     np.testing.assert_allclose(feats, ref, atol=1e-5)
     assert warnings == ref_warnings and no_partials(tmp_path)
     assert [s for s, _ in steps] == ["features"] * 3 and steps[-1][1] == 1.0
