@@ -213,25 +213,27 @@ def test_hubert_features_equal_the_whole_track_computation(track_50s, cfg, tmp_p
 
 @pytest.fixture(scope="module")
 def same_signal(media) -> dict[str, Path]:
-    """One 6 s 44.1 kHz stereo signal as WAV, MP3, M4A, and the audio of an MP4 video."""
+    """One 6 s 44.1 kHz stereo signal as WAV, MP3, M4A, FLAC, Ogg Vorbis, and the audio of an MP4 video."""
     wav = write_wav(media / "same.wav", speechy(6.0, rate=44100, channels=2, seed=2), 44100)
     out = {"wav": wav}
     # VBR (-q:a 2): LAME at CBR 128k itself takes 0.45 dB off this synthetic signal (ffmpeg's astats
     # says so too), which would leave no margin for the decoding this test is about.
     ffmpeg("-i", str(wav), "-c:a", "libmp3lame", "-q:a", "2", str(media / "same.mp3"))
     ffmpeg("-i", str(wav), "-c:a", "aac", "-b:a", "128k", str(media / "same.m4a"))
+    ffmpeg("-i", str(wav), "-c:a", "flac", str(media / "same.flac"))
+    ffmpeg("-i", str(wav), "-c:a", "libvorbis", "-q:a", "6", str(media / "same.ogg"))
     ffmpeg(
         "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=6", "-i", str(wav),
         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", str(media / "same.mp4"),
     )  # fmt: skip
-    out.update({k: media / f"same.{k}" for k in ("mp3", "m4a", "mp4")})
+    out.update({k: media / f"same.{k}" for k in ("mp3", "m4a", "flac", "ogg", "mp4")})
     return out
 
 
 def test_compressed_and_video_audio_decode_to_the_same_track(same_signal, cfg, tmp_path):
     ref = speech.open_speech(same_signal["wav"], tmp_path / "wav", cfg)
     assert ref.n_samples == 96_000 and ref.info.audio.channels == 2
-    for kind in ("mp3", "m4a", "mp4"):
+    for kind in ("mp3", "m4a", "flac", "ogg", "mp4"):
         track = speech.open_speech(same_signal[kind], tmp_path / kind, cfg)
         assert track.info.audio.sample_rate == 44100 and track.info.audio.channels == 2
         assert abs(track.duration_s - 6.0) < 0.03, (kind, track.duration_s)  # encoder delay is trimmed
