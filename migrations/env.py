@@ -26,6 +26,11 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = make_engine(Settings(database_url=_url()))
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode alters a SQLite table by copying it and dropping the old one: with foreign keys
+            # on, dropping the old copy of a parent table (tenants) cascade-deleted its children's rows.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # Batch mode lets later migrations alter tables on SQLite too.
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -20,11 +20,9 @@ class JobState(StrEnum):
 
 
 class JobKind(StrEnum):
-    """The work a job does; each kind has one registered handler in the workers."""
+    """The job-like resources: a subject (ingest -> preprocess -> train) and a render."""
 
-    ingest = "ingest"
-    preprocess = "preprocess"
-    train = "train"
+    subject = "subject"
     render = "render"
 
 
