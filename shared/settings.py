@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     """Region for the S3 client."""
 
+    public_url: str = "http://127.0.0.1:8000"
+    """The API's address as clients reach it: signed URLs of the local storage point there."""
+
     model_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "synctalk" / "models")
     """Where model files (MediaPipe tasks, encoder checkpoints) are kept after ``synctalk models fetch``."""
 
@@ -92,6 +95,36 @@ class Settings(BaseSettings):
     min_train_seconds: float = 10.0
     """Shortest subject clip accepted for training."""
 
+    # --- the platform: API, queue and workers ---
+    default_profile: Literal["tiny", "preview", "standard", ""] = ""
+    """Training profile of a subject created without one. Empty: ``standard`` where the workers have a
+    CUDA GPU, else ``preview``."""
+
+    worker_cache_dir: Path | None = None
+    """A worker's local cache of datasets, models and sources (storage is the truth). Empty:
+    ``<data_dir>/worker-cache``."""
+
+    model_cache_size: int = 2
+    """Subjects a GPU worker keeps loaded between renders (many renders of one subject load it once)."""
+
+    job_heartbeat_s: float = 10.0
+    """How often a running stage's worker writes its heartbeat."""
+
+    job_stale_after_s: float = 120.0
+    """A running stage without a heartbeat for this long has lost its worker: the reaper requeues it."""
+
+    job_max_attempts: int = 3
+    """Runs of one stage before its job fails with ``worker_lost``."""
+
+    rate_limit_per_minute: int = 600
+    """Requests per tenant per minute on /v1 (429 with Retry-After beyond it)."""
+
+    direct_upload_max_bytes: int = 1024**3
+    """Largest file sent directly in a multipart POST; larger ones go through ``POST /v1/uploads``."""
+
+    upload_expiry_s: int = 3600
+    """How long a presigned upload URL (and an upload never used) stays valid."""
+
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
         if self.environment == "production" and self.secret_key == _DEFAULT_SECRET:
@@ -110,6 +143,10 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{self.data_dir / 'storage'}"
+
+    @property
+    def resolved_worker_cache_dir(self) -> Path:
+        return self.worker_cache_dir or self.data_dir / "worker-cache"
 
     @property
     def model_source_dirs(self) -> list[Path]:

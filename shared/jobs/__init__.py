@@ -1,0 +1,1 @@
+"""Jobs (subjects and renders) in the database: their life (``lifecycle``) and their JSON (``views``)."""

@@ -1,0 +1,292 @@
+"""The life of a job in the database: created with its stages, claimed stage by stage by workers,
+advanced, failed, canceled. Job state lives here, never only in Celery.
+
+Every function works inside the caller's session and returns the stages to queue (``Next``) once that
+session has committed: a task is never sent for a row another process cannot see yet. Every change
+appends one event (``Event``): the SSE stream and the webhooks read them. A finished job never moves
+again, whatever a redelivered task asks (``TRANSITIONS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Event, Render, Stage, Subject, utcnow
+from shared.db.states import JobKind, JobState, can_transition
+from shared.jobs.views import render_view, subject_view
+from shared.queue.stages import job_progress, next_stage, stages_of
+
+MODELS: dict[JobKind, type[Subject] | type[Render]] = {JobKind.subject: Subject, JobKind.render: Render}
+
+
+@dataclass(frozen=True)
+class Next:
+    """A stage to send to its queue once the transaction has committed."""
+
+    kind: str
+    job_id: str
+    stage: str
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return t if t is None or t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def job_row(session: Session, kind: JobKind | str, job_id: str, *, lock: bool = False):
+    stmt = select(MODELS[JobKind(kind)]).where(MODELS[JobKind(kind)].id == job_id)
+    return session.scalars(stmt.with_for_update() if lock else stmt).first()
+
+
+def stages_of_job(session: Session, job_id: str) -> list[Stage]:
+    return list(session.scalars(select(Stage).where(Stage.job_id == job_id).order_by(Stage.position)))
+
+
+def view(session: Session, kind: JobKind | str, row, base_url: str = "") -> dict:
+    stages = stages_of_job(session, row.id)
+    return subject_view(row, stages) if JobKind(kind) is JobKind.subject else render_view(row, stages, base_url)
+
+
+def emit(session: Session, kind: JobKind | str, row, *, status_changed: bool) -> Event:
+    """Append the job's current document to the event log: ``subject.succeeded`` style when its status
+    changed (what webhooks subscribe to), ``subject.progress`` otherwise."""
+    kind = JobKind(kind)
+    session.flush()
+    event = Event(
+        tenant_id=row.tenant_id,
+        type=f"{kind.value}.{row.status if status_changed else 'progress'}",
+        resource=kind.value,
+        resource_id=row.id,
+        data=view(session, kind, row),
+    )
+    session.add(event)
+    return event
+
+
+def _set_status(row, new: JobState) -> None:
+    old = JobState(row.status)
+    if old != new:
+        if not can_transition(old, new):
+            raise ValueError(f"a {old} job cannot become {new}")
+        row.status = new.value
+    now = utcnow()
+    if new is JobState.running and row.started_at is None:
+        row.started_at = now
+    if new.is_final:
+        row.finished_at = now
+        row.eta_s = None
+    row.updated_at = now
+
+
+def add_stages(session: Session, kind: JobKind | str, row) -> list[Stage]:
+    kind = JobKind(kind)
+    stages = [
+        Stage(
+            tenant_id=row.tenant_id, job_id=row.id, position=i, name=spec.name, queue=spec.queue,
+            subject_id=row.id if kind is JobKind.subject else None,
+            render_id=row.id if kind is JobKind.render else None,
+        )  # fmt: skip
+        for i, spec in enumerate(stages_of(kind))
+    ]
+    session.add_all(stages)
+    return stages
+
+
+def create_subject(session: Session, tenant_id: str, **fields) -> tuple[Subject, list[Next]]:
+    """A new subject (``name``, ``profile``, ``upload_id``, ``source_key``) with its stages, queued."""
+    subject = Subject(tenant_id=tenant_id, **fields)
+    session.add(subject)
+    session.flush()
+    add_stages(session, JobKind.subject, subject)
+    emit(session, JobKind.subject, subject, status_changed=True)
+    return subject, [Next(JobKind.subject.value, subject.id, stages_of(JobKind.subject)[0].name)]
+
+
+def create_render(session: Session, tenant_id: str, subject: Subject, **fields) -> tuple[Render, list[Next]]:
+    """A new render of ``subject`` (``mode``, ``start_frame``, ``audio_key``, ``upload_id``, ``ref``,
+    ``batch_id``). It starts at once when the subject is ready, waits (queued) while it trains, and
+    fails with the subject's error when the subject failed."""
+    render = Render(tenant_id=tenant_id, subject_id=subject.id, **fields)
+    session.add(render)
+    session.flush()
+    add_stages(session, JobKind.render, render)
+    nxt: list[Next] = []
+    if subject.status == JobState.succeeded:
+        nxt.append(Next(JobKind.render.value, render.id, stages_of(JobKind.render)[0].name))
+    elif JobState(subject.status) in (JobState.failed, JobState.canceled):
+        _fail_row(render, subject.error_code or "subject_failed", _subject_failure(subject))
+    emit(session, JobKind.render, render, status_changed=True)
+    return render, nxt
+
+
+def _subject_failure(subject: Subject) -> str:
+    if subject.status == JobState.canceled:
+        return f"the subject {subject.name!r} was canceled before it was ready"
+    return f"the subject {subject.name!r} failed: {subject.error_message or subject.error_code}"
+
+
+def claim(
+    session: Session, kind: JobKind | str, job_id: str, stage_name: str, *, task_id: str, worker: str,
+    stale_after_s: float,
+) -> Stage | None:  # fmt: skip
+    """Take a stage to run: None when there is nothing to do (the job is finished or gone, the stage is
+    done, or another live worker holds it): a redelivered task then simply ends."""
+    kind = JobKind(kind)
+    row = job_row(session, kind, job_id, lock=True)
+    if row is None or JobState(row.status).is_final:
+        return None
+    stage = session.scalars(
+        select(Stage).where(Stage.job_id == job_id, Stage.name == stage_name).with_for_update()
+    ).first()
+    if stage is None or stage.status == JobState.succeeded:
+        return None
+    now = utcnow()
+    beat = _aware(stage.heartbeat_at)
+    if stage.status == JobState.running and stage.task_id != task_id and beat and now - beat < timedelta(seconds=stale_after_s):
+        return None  # a live worker has it
+    if row.cancel_requested_at is not None:
+        _cancel_row(session, kind, row)
+        return None
+    stage.status, stage.task_id, stage.worker = JobState.running.value, task_id, worker
+    stage.attempts += 1
+    stage.heartbeat_at = now
+    stage.started_at = stage.started_at or now
+    _set_status(row, JobState.running)
+    row.stage = stage_name
+    row.progress = job_progress(kind, stage_name, stage.progress)
+    emit(session, kind, row, status_changed=True)
+    return stage
+
+
+def progress(
+    session: Session, kind: JobKind | str, job_id: str, stage: Stage, fraction: float, message: str,
+    eta_s: float | None = None,
+) -> bool:  # fmt: skip
+    """Record a running stage's progress and heartbeat; False when the job was canceled (stop now)."""
+    kind = JobKind(kind)
+    row = job_row(session, kind, job_id)
+    if row is None or row.cancel_requested_at is not None or JobState(row.status).is_final:
+        return False
+    stage.progress = min(max(fraction, 0.0), 1.0)
+    stage.message = message[:1000]
+    stage.heartbeat_at = utcnow()
+    row.progress = job_progress(kind, stage.name, stage.progress)
+    row.message = stage.message
+    row.eta_s = eta_s
+    row.updated_at = stage.heartbeat_at
+    emit(session, kind, row, status_changed=False)
+    return True
+
+
+def finish_stage(session: Session, kind: JobKind | str, job_id: str, stage: Stage, **fields) -> list[Next]:
+    """A stage succeeded: record its results on the job (``fields``), then queue the next stage, or
+    finish the job (a subject that becomes ready starts its waiting renders)."""
+    kind = JobKind(kind)
+    row = job_row(session, kind, job_id, lock=True)
+    if row is None or JobState(row.status).is_final:
+        return []
+    for name, value in fields.items():
+        setattr(row, name, value)
+    now = utcnow()
+    stage.status, stage.progress, stage.finished_at, stage.heartbeat_at = JobState.succeeded.value, 1.0, now, now
+    following = next_stage(kind, stage.name)
+    if following is not None:
+        row.progress = job_progress(kind, stage.name, 1.0)
+        row.updated_at = now
+        emit(session, kind, row, status_changed=False)
+        return [Next(kind.value, job_id, following.name)]
+    row.progress, row.message = 1.0, None
+    _set_status(row, JobState.succeeded)
+    emit(session, kind, row, status_changed=True)
+    if kind is not JobKind.subject:
+        return []
+    waiting = session.scalars(
+        select(Render).where(Render.subject_id == job_id, Render.status == JobState.queued)
+    ).all()
+    first = stages_of(JobKind.render)[0].name
+    return [Next(JobKind.render.value, r.id, first) for r in waiting]
+
+
+def _fail_row(row, code: str, message: str) -> None:
+    row.error_code, row.error_message = code, message
+    _set_status(row, JobState.failed)
+
+
+def fail(session: Session, kind: JobKind | str, job_id: str, code: str, message: str) -> None:
+    """The job failed (its running stage with it); a subject's waiting renders fail with its error."""
+    kind = JobKind(kind)
+    row = job_row(session, kind, job_id, lock=True)
+    if row is None or JobState(row.status).is_final:
+        return
+    for stage in stages_of_job(session, job_id):
+        if stage.status == JobState.running:
+            stage.status, stage.finished_at = JobState.failed.value, utcnow()
+    _fail_row(row, code, message)
+    emit(session, kind, row, status_changed=True)
+    if kind is JobKind.subject:
+        _fail_waiting_renders(session, row)
+
+
+def _fail_waiting_renders(session: Session, subject: Subject) -> None:
+    for render in session.scalars(
+        select(Render).where(Render.subject_id == subject.id, Render.status == JobState.queued)
+    ):
+        _fail_row(render, subject.error_code or "subject_failed", _subject_failure(subject))
+        emit(session, JobKind.render, render, status_changed=True)
+
+
+def request_cancel(session: Session, kind: JobKind | str, job_id: str) -> bool:
+    """Cancel a job: a queued one at once, a running one at its stage's next progress report (the
+    worker stops there). False when the job had already finished."""
+    kind = JobKind(kind)
+    row = job_row(session, kind, job_id, lock=True)
+    if row is None or JobState(row.status).is_final:
+        return False
+    row.cancel_requested_at = utcnow()
+    if row.status == JobState.queued:
+        _cancel_row(session, kind, row)
+    return True
+
+
+def _cancel_row(session: Session, kind: JobKind, row) -> None:
+    for stage in stages_of_job(session, row.id):
+        if stage.status in (JobState.queued, JobState.running):
+            stage.status = JobState.canceled.value
+            stage.finished_at = utcnow() if stage.started_at else None
+    _set_status(row, JobState.canceled)
+    emit(session, kind, row, status_changed=True)
+    if kind is JobKind.subject:
+        _fail_waiting_renders(session, row)
+
+
+def acknowledge_cancel(session: Session, kind: JobKind | str, job_id: str) -> None:
+    """The worker stopped a stage because the job was canceled: record it."""
+    kind = JobKind(kind)
+    row = job_row(session, kind, job_id, lock=True)
+    if row is not None and not JobState(row.status).is_final:
+        _cancel_row(session, kind, row)
+
+
+def reap(session: Session, *, stale_after_s: float, max_attempts: int) -> list[Next]:
+    """Stages whose worker stopped heartbeating: queued again (their task is sent anew) while they have
+    attempts left, else their job fails with ``worker_lost``. Returns what to send after commit."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    nxt: list[Next] = []
+    for stage in session.scalars(select(Stage).where(Stage.status == JobState.running).with_for_update()):
+        beat = _aware(stage.heartbeat_at)
+        if beat is not None and beat >= cutoff:
+            continue
+        kind = JobKind.subject if stage.subject_id else JobKind.render
+        if stage.attempts >= max_attempts:
+            fail(
+                session, kind, stage.job_id, "worker_lost",
+                f"the {stage.name} stage's worker stopped responding {stage.attempts} times; it was given up",
+            )  # fmt: skip
+            continue
+        stage.status, stage.task_id = JobState.queued.value, None
+        stage.message = "its worker stopped responding: queued again"
+        nxt.append(Next(kind.value, stage.job_id, stage.name))
+    return nxt

@@ -1,0 +1,57 @@
+"""The Celery app every process builds from the settings: queues, reliability options, task names.
+
+Tasks are sent by name (``send_stage``), so the API never imports the worker code. Long stages on
+Redis: ``acks_late`` redelivers a task whose worker died; the visibility timeout is longer than the
+longest stage, and the stages themselves make a redelivery harmless (they never redo finished work).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.queue.stages import QUEUES, VISIBILITY_TIMEOUT_S, stage_spec
+from shared.settings import Settings
+
+TASK_RUN_STAGE = "synctalk.run_stage"
+TASK_REAP = "synctalk.reap"
+TASK_DELIVER_WEBHOOKS = "synctalk.deliver_webhooks"
+
+
+def make_celery(settings: Settings) -> Celery:
+    broker = settings.resolved_broker_url
+    if broker.startswith("sqla+sqlite:///"):  # the embedded broker's file lives under data_dir
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("synctalk", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+        task_default_queue="cpu",
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # job state lives in the database, not in Celery results
+        result_backend=None,
+        task_acks_late=True,  # a task is acknowledged when done: a worker that dies mid-stage loses nothing
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # long tasks: a worker holds one at a time
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    if broker.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return app
+
+
+def send_stage(app: Celery, kind: str, job_id: str, stage: str) -> str:
+    """Queue one stage of a job on its queue with its time limits; returns the task id. Call it only
+    after the transaction that created or advanced the job has committed."""
+    spec = stage_spec(kind, stage)
+    result = app.send_task(
+        TASK_RUN_STAGE,
+        args=[kind, job_id, stage],
+        queue=spec.queue,
+        routing_key=spec.queue,
+        time_limit=spec.time_limit_s,
+        soft_time_limit=max(60, spec.time_limit_s - 60),
+    )
+    return result.id
