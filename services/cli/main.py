@@ -23,6 +23,11 @@ COMMANDS: dict[str, str] = {
     "eval": "services.cli.model_cmd:evaluate",
     "render": "services.cli.render_cmd:render",
     "dub": "services.cli.render_cmd:dub",
+    "serve": "services.cli.platform_cmd:serve",
+    "api": "services.cli.platform_cmd:api",
+    "worker": "services.cli.platform_cmd:worker",
+    "migrate": "services.cli.platform_cmd:migrate",
+    "keys": "services.cli.platform_cmd:keys",
 }
 
 

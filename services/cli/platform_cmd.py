@@ -1,0 +1,168 @@
+"""The platform's processes: ``synctalk serve`` (everything, one command), ``synctalk api``,
+``synctalk worker --queues ...``, ``synctalk migrate``, ``synctalk keys create|revoke``.
+
+On the embedded default (no settings) they share one data folder: a SQLite database, a storage folder
+and a broker file; on the real stack the same commands run against Postgres, Redis and S3 by settings.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+
+def migrate_database(settings) -> None:
+    """``alembic upgrade head`` on the settings' database (an explicit step, never at import)."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = Config(str(repo / "alembic.ini"))
+    cfg.set_main_option("script_location", str(repo / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", settings.resolved_database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    command.upgrade(cfg, "head")
+
+
+@click.command("migrate")
+def migrate() -> None:
+    """Bring the database's schema up to date (alembic upgrade head)."""
+    from shared.settings import get_settings
+
+    migrate_database(get_settings())
+    click.echo("database schema up to date")
+
+
+@click.group("keys")
+def keys() -> None:
+    """API keys: shown once at creation, stored only as a hash."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant name (created when new).")
+def keys_create(tenant: str) -> None:
+    """Create an API key for TENANT; the key is printed alone on the last line."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from shared.db.api_keys import generate_key, hash_key
+    from shared.db.models import ApiKey, Tenant
+    from shared.db.session import make_engine, session_scope
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    key, prefix = generate_key()
+    try:
+        with session_scope(engine) as s:
+            row = s.scalars(select(Tenant).where(Tenant.name == tenant)).first()
+            if row is None:
+                row = Tenant(name=tenant)
+                s.add(row)
+                s.flush()
+            s.add(ApiKey(tenant_id=row.id, prefix=prefix, key_hash=hash_key(key, settings.secret_key)))
+    except (OperationalError, ProgrammingError) as exc:
+        raise click.ClickException(
+            f"the database is not ready ({type(exc).__name__}); run `synctalk migrate` first"
+        ) from None
+    click.echo(f"tenant {tenant!r}: new key {prefix}... (shown once; only its hash is stored)")
+    click.echo(key)
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key starting with PREFIX (as listed when it was made)."""
+    from sqlalchemy import select
+
+    from shared.db.api_keys import PREFIX_LEN
+    from shared.db.models import ApiKey, utcnow
+    from shared.db.session import make_engine, session_scope
+    from shared.settings import get_settings
+
+    with session_scope(make_engine(get_settings())) as s:
+        row = s.scalars(select(ApiKey).where(ApiKey.prefix == prefix[:PREFIX_LEN])).first()
+        if row is None or len(prefix) < 8:
+            raise click.ClickException(f"no key starts with {prefix!r}")
+        row.revoked_at = row.revoked_at or utcnow()
+    click.echo(f"revoked {row.prefix}...")
+
+
+@click.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API (and the dashboard)."""
+    import uvicorn
+
+    from services.api.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", proxy_headers=True)
+
+
+@click.command("worker")
+@click.option("--queues", default="cpu,gpu", show_default=True, help="Comma list of cpu, gpu.")
+@click.option("--concurrency", default=1, show_default=True, help="Tasks at once (one per GPU for gpu).")
+@click.option("--name", default=None, help="Worker name (default: the queues @ the host).")
+def worker(queues: str, concurrency: int, name: str | None) -> None:
+    """Run a worker for the given queues (stages: ingest and preprocess on cpu, train and render on gpu)."""
+    from gpu_worker.tasks.celery_app import app
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    bad = [q for q in wanted if q not in ("cpu", "gpu")]
+    if bad or not wanted:
+        raise click.ClickException(f"--queues takes cpu and/or gpu, got {queues!r}")
+    app.worker_main(
+        [
+            "worker", "-Q", ",".join(wanted), "-c", str(concurrency), "-P", "prefork",
+            "-n", name or f"{'-'.join(wanted)}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ]
+    )  # fmt: skip
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Everything in one command: the database migrated, a worker for each queue, and the API."""
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    migrate_database(settings)
+    env = {
+        **os.environ,
+        "SYNCTALK_PUBLIC_URL": os.environ.get("SYNCTALK_PUBLIC_URL", f"http://{host}:{port}"),
+    }
+    exe = [sys.executable, "-m", "services.cli.main"]
+    children = [
+        subprocess.Popen([*exe, "worker", "--queues", q, "--name", f"{q}@serve"], env=env)
+        for q in ("cpu", "gpu")
+    ]
+    click.echo(f"synctalk: API on http://{host}:{port}, workers for cpu and gpu; data in {settings.data_dir}")
+    api_proc = subprocess.Popen([*exe, "api", "--host", host, "--port", str(port)], env=env)
+    children.append(api_proc)
+    try:
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for c in children:
+            try:
+                c.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.kill()
+    failed = [c.args[3] for c in children if c.returncode not in (0, -signal.SIGTERM, None)]
+    if failed:
+        raise click.ClickException(f"stopped: {', '.join(map(str, failed))} exited")
