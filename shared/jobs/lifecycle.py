@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Event, Render, Stage, Subject, utcnow
 from shared.db.states import JobKind, JobState, can_transition
+from shared.jobs import webhooks
 from shared.jobs.views import render_view, subject_view
 from shared.queue.stages import job_progress, next_stage, stages_of
 
@@ -45,9 +46,16 @@ def stages_of_job(session: Session, job_id: str) -> list[Stage]:
     return list(session.scalars(select(Stage).where(Stage.job_id == job_id).order_by(Stage.position)))
 
 
-def view(session: Session, kind: JobKind | str, row, base_url: str = "") -> dict:
+def view(session: Session, kind: JobKind | str, row, base_url: str | None = None) -> dict:
+    """The resource's JSON (API.md); ``base_url`` (default: the settings' public URL) makes links absolute."""
+    if base_url is None:
+        from shared.settings import get_settings
+
+        base_url = get_settings().public_url
     stages = stages_of_job(session, row.id)
-    return subject_view(row, stages) if JobKind(kind) is JobKind.subject else render_view(row, stages, base_url)
+    return (
+        subject_view(row, stages) if JobKind(kind) is JobKind.subject else render_view(row, stages, base_url)
+    )
 
 
 def emit(session: Session, kind: JobKind | str, row, *, status_changed: bool) -> Event:
@@ -63,6 +71,7 @@ def emit(session: Session, kind: JobKind | str, row, *, status_changed: bool) ->
         data=view(session, kind, row),
     )
     session.add(event)
+    webhooks.fan_out(session, event)  # the deliveries are in the same transaction as the change
     return event
 
 
@@ -85,7 +94,11 @@ def add_stages(session: Session, kind: JobKind | str, row) -> list[Stage]:
     kind = JobKind(kind)
     stages = [
         Stage(
-            tenant_id=row.tenant_id, job_id=row.id, position=i, name=spec.name, queue=spec.queue,
+            tenant_id=row.tenant_id,
+            job_id=row.id,
+            position=i,
+            name=spec.name,
+            queue=spec.queue,
             subject_id=row.id if kind is JobKind.subject else None,
             render_id=row.id if kind is JobKind.render else None,
         )  # fmt: skip
@@ -145,7 +158,12 @@ def claim(
         return None
     now = utcnow()
     beat = _aware(stage.heartbeat_at)
-    if stage.status == JobState.running and stage.task_id != task_id and beat and now - beat < timedelta(seconds=stale_after_s):
+    if (
+        stage.status == JobState.running
+        and stage.task_id != task_id
+        and beat
+        and now - beat < timedelta(seconds=stale_after_s)
+    ):
         return None  # a live worker has it
     if row.cancel_requested_at is not None:
         _cancel_row(session, kind, row)
@@ -154,10 +172,11 @@ def claim(
     stage.attempts += 1
     stage.heartbeat_at = now
     stage.started_at = stage.started_at or now
+    was_running = row.status == JobState.running
     _set_status(row, JobState.running)
     row.stage = stage_name
     row.progress = job_progress(kind, stage_name, stage.progress)
-    emit(session, kind, row, status_changed=True)
+    emit(session, kind, row, status_changed=not was_running)  # the next stage is progress, not news
     return stage
 
 
@@ -191,7 +210,12 @@ def finish_stage(session: Session, kind: JobKind | str, job_id: str, stage: Stag
     for name, value in fields.items():
         setattr(row, name, value)
     now = utcnow()
-    stage.status, stage.progress, stage.finished_at, stage.heartbeat_at = JobState.succeeded.value, 1.0, now, now
+    stage.status, stage.progress, stage.finished_at, stage.heartbeat_at = (
+        JobState.succeeded.value,
+        1.0,
+        now,
+        now,
+    )
     following = next_stage(kind, stage.name)
     if following is not None:
         row.progress = job_progress(kind, stage.name, 1.0)

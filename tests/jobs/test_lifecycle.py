@@ -203,3 +203,28 @@ def test_the_reaper_requeues_a_lost_worker_s_stage_then_gives_up(engine):
     with session_scope(engine) as s:
         row = lifecycle.job_row(s, "subject", subject_id)
         assert row.status == "failed" and row.error_code == "worker_lost"
+
+
+def test_every_status_change_is_queued_for_the_tenant_s_matching_webhooks(engine):
+    from shared.db.models import Webhook, WebhookDelivery
+
+    tenant, other = _tenant(engine), _tenant(engine)
+    with session_scope(engine) as s:
+        s.add_all(
+            [
+                Webhook(tenant_id=tenant, url="http://127.0.0.1:9/a", events=["subject.*"], secret="whsec_x"),
+                Webhook(tenant_id=tenant, url="http://127.0.0.1:9/b", events=["render.*"], secret="whsec_x"),
+                Webhook(tenant_id=other, url="http://127.0.0.1:9/c", events=["*"], secret="whsec_x"),
+            ]
+        )
+    subject_id, _ = _subject(engine, tenant)
+    _run_stage(engine, "subject", subject_id, "ingest")
+    with session_scope(engine) as s:
+        rows = s.execute(
+            select(Webhook.url, Event.type)
+            .join(WebhookDelivery, WebhookDelivery.webhook_id == Webhook.id)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .order_by(Event.id)
+        ).all()
+    # queued and running, to the subject hook only; progress is never delivered; no other tenant's hook
+    assert rows == [("http://127.0.0.1:9/a", "subject.queued"), ("http://127.0.0.1:9/a", "subject.running")]

@@ -1,0 +1,48 @@
+"""The API's app factory: ``create_app(settings)`` -> FastAPI, with the platform (database, storage,
+queue) on ``app.state.platform``. Nothing heavy is imported here: the media layer loads on the first
+upload, the model code never (the API sends tasks by name).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy.orm import sessionmaker
+
+from services.api import problems
+from services.api.deps import Platform
+from shared.settings import Settings, get_settings
+
+DESCRIPTION = """Dub video with digital doubles. Upload a few minutes of a person talking (a *subject*);
+the platform learns that person, then renders speech tracks onto them. Auth: `Authorization: Bearer
+<api key>` on every `/v1` route. Errors are `application/problem+json` with a stable `code`.
+The contract: ../shared/design/API.md."""
+
+
+def make_platform(settings: Settings) -> Platform:
+    from shared.db.session import make_engine
+    from shared.queue.app import make_celery
+    from shared.storage import storage_from_settings
+
+    engine = make_engine(settings)
+    return Platform(
+        settings=settings,
+        engine=engine,
+        storage=storage_from_settings(settings),
+        celery=make_celery(settings),
+        sessions=sessionmaker(engine, expire_on_commit=False),
+    )
+
+
+def create_app(settings: Settings | None = None, platform: Platform | None = None) -> FastAPI:
+    from services.api.routers import batches, events, files, ops, renders, subjects, uploads, webhooks
+
+    settings = settings or get_settings()
+    app = FastAPI(title="SyncTalk platform", version="1", description=DESCRIPTION)
+    app.state.platform = platform or make_platform(settings)
+    problems.install(app)
+    for module in (subjects, renders, batches, uploads, events, webhooks, ops, files):
+        app.include_router(module.router)
+    from services.api.ratelimit import RateLimit
+
+    app.add_middleware(RateLimit, per_minute=settings.rate_limit_per_minute)
+    return app

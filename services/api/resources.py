@@ -1,0 +1,104 @@
+"""Creating a job-like resource from a request: a multipart file or a JSON ``upload_id``, checked by the
+media layer, under the request's ``Idempotency-Key``; answered 202 with the resource and a Location.
+
+The blocking parts (saving, probing, storing, the database) run in the thread pool, so one slow upload
+never holds up the event loop that serves everyone else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from services.api.idempotency import Idempotency, request_hash
+from services.api.intake import checked_upload, store_direct
+from services.api.problems import ApiProblem
+
+FORM_LIMITS = {"max_files": 1, "max_fields": 20}
+
+
+def _file_digest(part: UploadFile) -> str:
+    h = hashlib.sha256()
+    part.file.seek(0)
+    while chunk := part.file.read(1 << 20):
+        h.update(chunk)
+    part.file.seek(0)
+    return h.hexdigest()
+
+
+async def read_fields(
+    request: Request, model: type[BaseModel], file_field: str
+) -> tuple[dict, UploadFile | None]:
+    """(validated fields, the file part or None) from a multipart form or a JSON body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        size = request.headers.get("content-length")
+        limit = request.app.state.platform.settings.direct_upload_max_bytes
+        if size and size.isdigit() and int(size) > limit + (1 << 20):
+            raise ApiProblem(
+                413, "file_too_large",
+                f"Direct uploads are limited to {limit / 1e6:.0f} MB; use POST /v1/uploads for larger files.",
+            )  # fmt: skip
+        form = await request.form(**FORM_LIMITS)
+        part = form.get(file_field)
+        if not isinstance(part, UploadFile):
+            raise ApiProblem(422, "invalid_request", f"The form needs a file part named {file_field!r}.")
+        fields = {k: v for k, v in form.items() if k != file_field and isinstance(v, str)}
+        fields.pop("upload_id", None)
+        return _validate(model, {**fields, "upload_id": "direct"}), part
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiProblem(
+            422,
+            "invalid_request",
+            f"Send JSON with an upload_id, or multipart/form-data with a {file_field!r} file.",
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiProblem(422, "invalid_request", "The JSON body must be an object.")
+    return _validate(model, body), None
+
+
+def _validate(model: type[BaseModel], data: dict) -> dict:
+    try:
+        return model(**data).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ApiProblem(422, "invalid_request", f"{where}: {first.get('msg')}") from None
+
+
+async def create_from_request(
+    request: Request, platform, session, tenant, *, kind: str, file_field: str, model: type[BaseModel],
+    build: Callable[[dict, object], tuple[dict, str]],
+) -> Response:  # fmt: skip
+    """``build(fields, upload) -> (resource JSON, location)`` creates and commits the resource."""
+    fields, part = await read_fields(request, model, file_field)
+    file_digest = await run_in_threadpool(_file_digest, part) if part is not None else ""
+    digest = request_hash(request.method, request.url.path, repr(sorted(fields.items())), file_digest)
+    idem = Idempotency(platform.sessions, tenant.id, request.headers.get("idempotency-key"))
+    replay = await run_in_threadpool(idem.begin, digest)
+    if replay is not None:
+        return replay
+
+    def work() -> tuple[dict, str]:
+        if part is not None:
+            upload = store_direct(platform, session, tenant.id, part, kind)
+        else:
+            upload = checked_upload(platform, session, tenant.id, fields["upload_id"], kind)
+        return build(fields, upload)
+
+    try:
+        body, location = await run_in_threadpool(work)
+    except BaseException:
+        session.rollback()
+        await run_in_threadpool(idem.abandon)
+        raise
+    response = JSONResponse(body, status_code=202, headers={"Location": location})
+    return await run_in_threadpool(idem.complete, response, body)

@@ -1,0 +1,103 @@
+"""``/v1/batches``: many renders of one subject in one call (API.md "Batches")."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep
+from services.api.idempotency import Idempotency, request_hash
+from services.api.intake import AUDIO, checked_upload
+from services.api.problems import ApiProblem
+from services.api.routers.renders import check_mode
+from services.api.routers.subjects import get_owned as get_subject
+from shared.db.models import Batch, Render, utcnow
+from shared.db.session import tenant_scoped
+from shared.db.states import JobState
+from shared.jobs import lifecycle
+from shared.jobs.views import rfc3339
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+MAX_ITEMS = 1000
+
+
+class BatchItem(BaseModel):
+    upload_id: str
+    ref: str | None = Field(default=None, max_length=500, description="Your own name for the render.")
+    mode: str = Field(default="fullframe", description="fullframe | portrait | crop")
+    start_frame: int = Field(default=0, ge=0)
+
+
+class BatchCreate(BaseModel):
+    subject_id: str
+    items: list[BatchItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+@router.post("", status_code=202, summary="Create up to 1000 renders of one subject in one transaction")
+async def create_batch(
+    body: BatchCreate, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
+) -> JSONResponse:
+    digest = request_hash("POST", request.url.path, body.model_dump_json())
+    idem = Idempotency(platform.sessions, tenant.id, request.headers.get("idempotency-key"))
+    replay = await run_in_threadpool(idem.begin, digest)
+    if replay is not None:
+        return replay
+
+    def work() -> dict:
+        subject = get_subject(session, tenant.id, body.subject_id)
+        batch = Batch(tenant_id=tenant.id, subject_id=subject.id)
+        session.add(batch)
+        session.flush()
+        out, nxt = [], []
+        for i, item in enumerate(body.items):
+            try:
+                upload = checked_upload(platform, session, tenant.id, item.upload_id, AUDIO)
+                mode = check_mode(item.mode)
+            except ApiProblem as exc:  # say which item: the whole batch is refused, nothing is created
+                raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
+            render, more = lifecycle.create_render(
+                session, tenant.id, subject, mode=mode, start_frame=item.start_frame, ref=item.ref,
+                upload_id=upload.id, audio_key=upload.storage_key, batch_id=batch.id,
+            )  # fmt: skip
+            out.append({"id": render.id, "ref": item.ref})
+            nxt += more
+        session.commit()
+        platform.send(nxt)
+        return {"id": batch.id, "object": "batch", "subject_id": subject.id, "renders": out}
+
+    try:
+        result = await run_in_threadpool(work)
+    except BaseException:
+        session.rollback()
+        await run_in_threadpool(idem.abandon)
+        raise
+    response = JSONResponse(result, status_code=202, headers={"Location": f"/v1/batches/{result['id']}"})
+    return await run_in_threadpool(idem.complete, response, result)
+
+
+@router.get("/{batch_id}", summary="A batch: its renders counted by status")
+def read_batch(batch_id: str, session: SessionDep, tenant: CurrentTenant) -> dict:
+    batch = session.scalars(tenant_scoped(Batch, tenant.id).where(Batch.id == batch_id)).first()
+    if batch is None:
+        raise ApiProblem(404, "not_found", f"There is no batch {batch_id!r}.")
+    counts = dict(
+        session.execute(
+            select(Render.status, func.count()).where(Render.batch_id == batch.id).group_by(Render.status)
+        ).all()
+    )
+    by_status = {s.value: int(counts.get(s.value, 0)) for s in JobState}
+    total = sum(by_status.values())
+    finished = sum(by_status[s.value] for s in JobState if s.is_final)
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "subject_id": batch.subject_id,
+        "created_at": rfc3339(batch.created_at),
+        "total": total,
+        "counts": by_status,
+        "done": total > 0 and finished == total,
+        "checked_at": rfc3339(utcnow()),
+    }

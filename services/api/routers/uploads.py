@@ -1,0 +1,85 @@
+"""``POST /v1/uploads``: a short-lived URL to PUT a large file to (S3 presigned, or the API's own signed
+storage route on the embedded default); the file is then named by ``upload_id``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep
+from services.api.idempotency import Idempotency, request_hash
+from services.api.intake import safe_filename
+from services.api.problems import ApiProblem
+from shared.db.models import Upload, utcnow
+from shared.jobs import keys
+from shared.jobs.views import rfc3339
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+# what may be uploaded: media, or bytes of unknown type (the probe decides what they are)
+ACCEPTED_TYPES = ("video/", "audio/", "application/octet-stream")
+
+
+class UploadCreate(BaseModel):
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(
+        min_length=1, max_length=100, description="The file's type; sent again with the PUT."
+    )
+    bytes: int = Field(gt=0, description="The file's exact size.")
+
+
+@router.post("", status_code=201, summary="Get a URL to upload a large file to")
+async def create_upload(
+    body: UploadCreate, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
+) -> JSONResponse:
+    settings = platform.settings
+    if body.bytes > settings.media_max_bytes:
+        raise ApiProblem(
+            413,
+            "file_too_large",
+            f"The file is larger than the {settings.media_max_bytes / 1e9:.1f} GB limit.",
+        )
+    content_type = body.content_type.strip().lower()
+    if not content_type.startswith(ACCEPTED_TYPES):
+        raise ApiProblem(
+            415, "unsupported_media", f"Only video and audio files are accepted, not {body.content_type!r}."
+        )
+    digest = request_hash("POST", request.url.path, body.model_dump_json())
+    idem = Idempotency(platform.sessions, tenant.id, request.headers.get("idempotency-key"))
+    replay = await run_in_threadpool(idem.begin, digest)
+    if replay is not None:
+        return replay
+
+    def work() -> dict:
+        expires = utcnow() + timedelta(seconds=settings.upload_expiry_s)
+        upload = Upload(
+            tenant_id=tenant.id, filename=safe_filename(body.filename), content_type=content_type,
+            bytes=body.bytes, storage_key="", expires_at=expires,
+        )  # fmt: skip
+        session.add(upload)
+        session.flush()
+        upload.storage_key = keys.upload_key(tenant.id, upload.id)
+        signed = platform.storage.presign_put(
+            upload.storage_key, content_type, settings.upload_expiry_s, max_bytes=body.bytes
+        )
+        session.commit()
+        return {
+            "id": upload.id,
+            "object": "upload",
+            "url": signed.url,
+            "method": signed.method,
+            "headers": signed.headers,
+            "expires_at": rfc3339(signed.expires_at),
+        }
+
+    try:
+        result = await run_in_threadpool(work)
+    except BaseException:
+        session.rollback()
+        await run_in_threadpool(idem.abandon)
+        raise
+    response = JSONResponse(result, status_code=201, headers={"Location": f"/v1/uploads/{result['id']}"})
+    return await run_in_threadpool(idem.complete, response, result)
