@@ -124,7 +124,9 @@ class Subject(JobColumns, Base):
     tenant_id: Mapped[str] = _tenant()
     name: Mapped[str] = mapped_column(String(200))
     profile: Mapped[str] = mapped_column(String(16))
-    upload_id: Mapped[str | None] = mapped_column(ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True)
+    upload_id: Mapped[str | None] = mapped_column(
+        ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True
+    )
     source_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     dataset_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     model_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
@@ -161,7 +163,9 @@ class Render(JobColumns, Base):
     ref: Mapped[str | None] = mapped_column(String(500), nullable=True)  # the client's own name (batches)
     mode: Mapped[str] = mapped_column(String(16), default="fullframe")
     start_frame: Mapped[int] = mapped_column(Integer, default=0)
-    upload_id: Mapped[str | None] = mapped_column(ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True)
+    upload_id: Mapped[str | None] = mapped_column(
+        ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True
+    )
     audio_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     video_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
