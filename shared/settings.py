@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     """Region for the S3 client."""
 
+    s3_public_endpoint_url: str | None = None
+    """The endpoint as clients reach it, for presigned URLs (compose: ``http://localhost:9000`` while the
+    services use ``http://minio:9000``); None: the same as ``s3_endpoint_url``."""
+
     public_url: str = "http://127.0.0.1:8000"
     """The API's address as clients reach it: signed URLs of the local storage point there."""
 

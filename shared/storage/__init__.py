@@ -69,7 +69,10 @@ def storage_from_settings(settings: Settings) -> Storage:
             raise StorageError("SYNCTALK_STORAGE_URL must be s3://BUCKET[/PREFIX] (credentials go in AWS_*).")
         from shared.storage.s3 import S3Storage
 
-        return S3Storage(parts.netloc, parts.path.strip("/"), settings.s3_endpoint_url, settings.s3_region)
+        return S3Storage(
+            parts.netloc, parts.path.strip("/"), settings.s3_endpoint_url, settings.s3_region,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+        )  # fmt: skip
     raise StorageError(
         f"SYNCTALK_STORAGE_URL must start with file:// or s3://, not {parts.scheme or 'nothing'!r}."
     )

@@ -79,6 +79,7 @@ class S3Storage(Storage):
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_attempts: int = 5,
+        public_endpoint_url: str | None = None,
     ) -> None:
         if not bucket or "/" in bucket:
             raise StorageError("An S3 bucket name is required (s3://BUCKET[/PREFIX]).")
@@ -92,6 +93,14 @@ class S3Storage(Storage):
         )
         self._client = client or _client(endpoint_url, region, connect_timeout, read_timeout, max_attempts)
         self._given_client = client is not None
+        # Presigned URLs go to clients, who may reach the endpoint by another address than the workers
+        # (compose: http://minio:9000 inside, http://localhost:9000 outside). Signing is local: this
+        # client never connects to anything.
+        self._signer = (
+            _client(public_endpoint_url, region, connect_timeout, read_timeout, 1)
+            if public_endpoint_url and public_endpoint_url != endpoint_url
+            else self._client
+        )
         self._probe: object | None = None
         self._bucket_ready = False
         self._lock = threading.Lock()
@@ -328,7 +337,7 @@ class S3Storage(Storage):
     def _presign(self, op: str, method: str, params: dict, expires_s: int, headers: dict) -> SignedRequest:
         expires_s = check_expiry(expires_s)
         with self._mapped(params["Key"]):
-            url = self._client.generate_presigned_url(op, Params=params, ExpiresIn=expires_s)
+            url = self._signer.generate_presigned_url(op, Params=params, ExpiresIn=expires_s)
         expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
         return SignedRequest(url, method, headers, expires_at)
 

@@ -461,3 +461,16 @@ def test_s3_bucket_creation_tolerates_another_creator(moto_endpoint: str, aws_en
     second._create_bucket(second._client)  # as if both had seen it missing: BucketAlreadyOwnedByYou
     second.put_bytes("y.json", b"2")
     assert sorted(first.list("")) == ["x.json", "y.json"]
+
+
+def test_presigned_urls_use_the_public_endpoint_where_one_is_set(monkeypatch):
+    """Compose: the services reach MinIO as http://minio:9000, clients as http://localhost:9000."""
+    from shared.storage.s3 import S3Storage
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    inside = S3Storage("b", endpoint_url="http://minio:9000", public_endpoint_url="http://localhost:9000")
+    url = inside.presign_get("renders/r1/video.mp4", 60).url
+    assert url.startswith("http://localhost:9000/b/renders/r1/video.mp4?")
+    same = S3Storage("b", endpoint_url="http://minio:9000")
+    assert same.presign_get("k", 60).url.startswith("http://minio:9000/b/k?")
