@@ -103,3 +103,77 @@ def wait_for(
             return doc
         time.sleep(1)
     raise TimeoutError(f"{path} still {doc.get('status')} at {doc.get('stage')} after {timeout:.0f} s: {doc}")
+
+
+class MotoS3:
+    """moto's S3 server on loopback: the real stack's object storage in tests (boto3 talks HTTP to it)."""
+
+    ENV = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def __init__(self, log: Path) -> None:
+        import shutil
+
+        port = free_port()
+        server = Path(sys.executable).with_name("moto_server")
+        if not server.exists():
+            server = Path(shutil.which("moto_server") or "moto_server")
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.ENV},
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start (see {log})") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def postgres_database(server_url: str):
+    """A throw-away database on the test Postgres server: (url, drop)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"synctalk_e2e_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return server_url.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def presigned_upload(client: httpx.Client, path: Path, content_type: str) -> str:
+    """POST /v1/uploads, PUT the file to the URL it gives (with its headers); returns the upload id."""
+    r = client.post(
+        "/v1/uploads",
+        json={"filename": path.name, "content_type": content_type, "bytes": path.stat().st_size},
+    )
+    assert r.status_code == 201, r.text
+    up = r.json()
+    with open(path, "rb") as fh:
+        put = httpx.put(up["url"], content=fh.read(), headers=up["headers"], timeout=60)
+    assert put.status_code in (200, 201, 204), put.text
+    return up["id"]
