@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     """A worker's local cache of datasets, models and sources (storage is the truth). Empty:
     ``<data_dir>/worker-cache``."""
 
+    train_steps_scale: float = 1.0
+    """Multiplies every training stage's steps of the profile (quick tries; 1 in production)."""
+
     model_cache_size: int = 2
     """Subjects a GPU worker keeps loaded between renders (many renders of one subject load it once)."""
 

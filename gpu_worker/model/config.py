@@ -434,6 +434,14 @@ def _standard() -> RunConfig:
 PROFILES = {"tiny": _tiny, "preview": _preview, "standard": _standard}
 
 
+def scale_steps(config: RunConfig, factor: float) -> RunConfig:
+    """``config`` with every stage's steps multiplied by ``factor`` (at least one step each)."""
+    if factor != 1.0:
+        for stage in STAGES:
+            setattr(config.trainer, f"{stage}_steps", max(1, int(round(config.steps_of(stage) * factor))))
+    return config
+
+
 def profile_config(name: str, stages: str | tuple[str, ...] | None = None) -> RunConfig:
     """The named profile's RunConfig, optionally limited to some stages."""
     if name not in PROFILES:
@@ -458,4 +466,5 @@ __all__ = [
     "config_from_dict",
     "parse_stages",
     "profile_config",
+    "scale_steps",
 ]

@@ -489,15 +489,17 @@ def train(
     settings=None,
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
+    steps_scale: float = 1.0,
 ) -> TrainResult:
     """Stage function by profile name (the CLI, the demo and the worker call this). ``settings``:
-    where optional weight files (LPIPS) are looked for (its ``model_dir``)."""
-    from gpu_worker.model.config import profile_config
+    where optional weight files (LPIPS) are looked for (its ``model_dir``). ``steps_scale``
+    multiplies every stage's steps (quick tries)."""
+    from gpu_worker.model.config import profile_config, scale_steps
 
     return train_model(
         dataset_dir,
         model_dir,
-        profile_config(profile, stages),
+        scale_steps(profile_config(profile, stages), steps_scale),
         resume=resume,
         device=device,
         progress=progress,

@@ -103,7 +103,10 @@ def subject_train(ctx, run: StageRun) -> dict:
             ctx.storage.put_file(ckpt_key, local_ckpt)
         run.progress(step, 0.95 * fraction, message)
 
-    train(dataset, model, profile=subject.profile, resume=True, settings=ctx.settings, progress=progress)
+    train(
+        dataset, model, profile=subject.profile, resume=True, settings=ctx.settings, progress=progress,
+        steps_scale=ctx.settings.train_steps_scale,
+    )  # fmt: skip
     run.progress("evaluate", 0.96, "evaluating the model")
     metrics_path = evaluate(model, settings=ctx.settings, max_frames=48)
     prefix = keys.model_prefix(subject.tenant_id, subject.id)

@@ -108,7 +108,7 @@ def train(
     speaker_augment: float | None,
 ) -> None:
     """Train the SyncTalk model on a preprocessed DATASET into a model folder."""
-    from gpu_worker.model.config import profile_config
+    from gpu_worker.model.config import profile_config, scale_steps
     from gpu_worker.model.trainer import train_model
     from shared.settings import get_settings
 
@@ -116,8 +116,7 @@ def train(
     cfg.loss.patch_loss = patch_loss
     if speaker_augment is not None:
         cfg.data.audio_warp = speaker_augment
-    for s in ("head", "lips", "torso"):
-        setattr(cfg.trainer, f"{s}_steps", max(1, int(round(cfg.steps_of(s) * steps_scale))))
+    scale_steps(cfg, steps_scale)
     bar, progress = _bar_progress()
     try:
         result = train_model(
