@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,7 +70,16 @@ class Tenant:
     key_prefix: str
 
 
-def get_tenant(request: Request, platform: PlatformDep) -> Tenant:
+# Documents the scheme in OpenAPI (and /docs' "Authorize"); the key itself is checked below, so that every
+# refusal is the same 401 problem
+BEARER = HTTPBearer(auto_error=False, description="An API key (`synctalk keys create --tenant NAME`).")
+
+
+def get_tenant(
+    request: Request,
+    platform: PlatformDep,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Tenant:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from services.api.problems import ApiProblem
 from shared.db.models import Upload, utcnow
+from shared.errors import SyncTalkError
 from shared.jobs import keys
 
 CHUNK = 1 << 20
@@ -54,11 +55,18 @@ def probe_media(path: Path, kind: str, settings, shown: str) -> dict:
     from gpu_worker.media.probe import probe
     from gpu_worker.preprocess.errors import ClipTooShortError
 
-    # the probe names the file in its messages: give it the client's name, not our temp path
+    # the probe names the file in its messages: give it the client's name, not our temp path (some
+    # messages name the whole path it was given: that is cut down to the name too)
     with tempfile.TemporaryDirectory() as d:
         link = Path(d) / shown
         os.symlink(path, link)
-        info = probe(link, settings, require_video=kind == VIDEO, require_audio=True)
+        try:
+            info = probe(link, settings, require_video=kind == VIDEO, require_audio=True)
+        except SyncTalkError as exc:
+            for server_path in (str(link), str(Path(path).resolve()), str(path)):
+                exc.message = exc.message.replace(server_path, shown)
+            exc.args = (exc.message,)
+            raise
     if kind == VIDEO and info.video.duration_s < settings.min_train_seconds:
         raise ClipTooShortError(
             f"{shown} lasts {info.video.duration_s:.1f} s; a subject needs at least "
@@ -107,16 +115,30 @@ def checked_upload(platform, session, tenant_id: str, upload_id: str, kind: str)
         raise ApiProblem(
             422, "upload_incomplete", f"Upload {upload_id} has no data yet: PUT the file to its URL first."
         )
+    # The verdict is kept on the row and committed at once: call this before the request writes
+    # anything else. It is about the file, not this use of it (an audio file refused as a subject's
+    # video makes a fine speech track): whatever no use can take is refused for good, the rest is
+    # checked for this use by _check_kind, now and at every later use.
+    stored = platform.storage.size(upload.storage_key)
+    if stored < upload.bytes:  # an interrupted PUT: the client may send the rest again
+        raise ApiProblem(
+            422, "upload_incomplete",
+            f"Upload {upload_id} holds {stored} of the {upload.bytes} bytes announced: PUT the whole file again.",
+        )  # fmt: skip
+    from gpu_worker.media.errors import MediaError
+
     with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
         local = platform.storage.get_file(upload.storage_key, Path(d) / "upload")
         try:
-            upload.probe = probe_media(local, kind, platform.settings, upload.filename)
-        except Exception:
+            upload.probe = probe_media(local, AUDIO, platform.settings, upload.filename)
+        except MediaError:  # the file itself is unusable (a storage or timeout hiccup is not its fault)
             upload.status = "refused"
             session.commit()
             raise
     upload.status = "received"
     upload.bytes = platform.storage.size(upload.storage_key)
+    session.commit()
+    _check_kind(upload, kind, platform.settings)
     return upload
 
 

@@ -15,9 +15,13 @@ from fastapi import Query
 from sqlalchemy import Select, tuple_
 
 from services.api.problems import ApiProblem
+from shared.db.states import JobState
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page (newest first).")]
 Cursor = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
+StatusFilter = Annotated[
+    JobState | None, Query(description="queued | running | succeeded | failed | canceled")
+]  # anything else is a 422, not an empty list
 
 
 def encode(created_at: datetime, id_: str) -> str:

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import checked_upload, store_direct
 from services.api.problems import ApiProblem
+from shared.db.models import Upload
 
 FORM_LIMITS = {"max_files": 1, "max_fields": 20}
 
@@ -65,6 +67,24 @@ async def read_fields(
     return _validate(model, body), None
 
 
+def openapi_body(model: type[BaseModel], file_field: str) -> dict:
+    """The OpenAPI request body of a create that reads its request itself (FastAPI cannot see it): JSON
+    ``model``, or multipart with a ``file_field`` part and the model's other fields as form fields."""
+    schema = model.model_json_schema()
+    form = {k: v for k, v in schema["properties"].items() if k != "upload_id"}
+    multipart = {
+        "type": "object",
+        "required": [file_field],
+        "properties": {file_field: {"type": "string", "format": "binary"}, **form},
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}, "multipart/form-data": {"schema": multipart}},
+        }
+    }
+
+
 def _validate(model: type[BaseModel], data: dict) -> dict:
     try:
         return model(**data).model_dump()
@@ -87,9 +107,12 @@ async def create_from_request(
     if replay is not None:
         return replay
 
+    stored: list[str] = []  # the storage key of a direct upload, once its file is stored
+
     def work() -> tuple[dict, str]:
         if part is not None:
             upload = store_direct(platform, session, tenant.id, part, kind)
+            stored.append(upload.storage_key)
         else:
             upload = checked_upload(platform, session, tenant.id, fields["upload_id"], kind)
         return build(fields, upload)
@@ -99,6 +122,15 @@ async def create_from_request(
     except BaseException:
         session.rollback()
         await run_in_threadpool(idem.abandon)
+        if stored:  # refused after the file was stored (e.g. a bad field): no row names it, drop it
+            await run_in_threadpool(_drop_unrecorded, platform, stored[0])
         raise
     response = JSONResponse(body, status_code=202, headers={"Location": location})
     return await run_in_threadpool(idem.complete, response, body)
+
+
+def _drop_unrecorded(platform, storage_key: str) -> None:
+    """Delete a direct upload's stored file unless its row was committed (the request failed after)."""
+    with platform.sessions() as s:
+        if s.scalar(select(Upload.id).where(Upload.storage_key == storage_key)) is None:
+            platform.storage.delete(storage_key)

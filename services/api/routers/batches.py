@@ -17,6 +17,7 @@ from services.api.routers.subjects import get_owned as get_subject
 from shared.db.models import Batch, Render, utcnow
 from shared.db.session import tenant_scoped
 from shared.db.states import JobState
+from shared.errors import SyncTalkError
 from shared.jobs import lifecycle
 from shared.jobs.views import rfc3339
 
@@ -48,18 +49,26 @@ async def create_batch(
 
     def work() -> dict:
         subject = get_subject(session, tenant.id, body.subject_id)
+        # every item is checked before anything is written (checking an upload commits its verdict):
+        # one bad item refuses the whole batch, and nothing is created
+        uploads = []
+        for i, item in enumerate(body.items):
+            try:
+                uploads.append(checked_upload(platform, session, tenant.id, item.upload_id, AUDIO))
+                check_mode(item.mode)
+            except ApiProblem as exc:  # say which item
+                raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
+            except SyncTalkError as exc:  # the media layer's verdict on the item's file
+                exc.message = f"items[{i}]: {exc.message}"
+                exc.args = (exc.message,)
+                raise
         batch = Batch(tenant_id=tenant.id, subject_id=subject.id)
         session.add(batch)
         session.flush()
         out, nxt = [], []
-        for i, item in enumerate(body.items):
-            try:
-                upload = checked_upload(platform, session, tenant.id, item.upload_id, AUDIO)
-                mode = check_mode(item.mode)
-            except ApiProblem as exc:  # say which item: the whole batch is refused, nothing is created
-                raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
+        for item, upload in zip(body.items, uploads, strict=True):
             render, more = lifecycle.create_render(
-                session, tenant.id, subject, mode=mode, start_frame=item.start_frame, ref=item.ref,
+                session, tenant.id, subject, mode=item.mode, start_frame=item.start_frame, ref=item.ref,
                 upload_id=upload.id, audio_key=upload.storage_key, batch_id=batch.id,
             )  # fmt: skip
             out.append({"id": render.id, "ref": item.ref})

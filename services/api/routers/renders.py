@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from services.api import resources
 from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.intake import AUDIO
-from services.api.pagination import Cursor, Limit, next_cursor, page
+from services.api.pagination import Cursor, Limit, StatusFilter, next_cursor, page
 from services.api.problems import ApiProblem
 from services.api.routers.subjects import get_owned as get_subject
 from shared.db.models import Render
@@ -38,7 +38,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-@router.post("/v1/subjects/{subject_id}/renders", status_code=202, summary="Render a speech track")
+@router.post(
+    "/v1/subjects/{subject_id}/renders",
+    status_code=202,
+    summary="Render a speech track",
+    openapi_extra=resources.openapi_body(RenderCreate, "audio"),
+)
 async def create_render(
     subject_id: str, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
 ) -> Response:
@@ -82,7 +87,7 @@ def list_renders(
     limit: Limit = 50,
     cursor: Cursor = None,
     subject_id: Annotated[str | None, Query()] = None,
-    status: Annotated[str | None, Query()] = None,
+    status: StatusFilter = None,
     batch_id: Annotated[str | None, Query()] = None,
 ) -> dict:
     stmt = tenant_scoped(Render, tenant.id)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -12,7 +10,7 @@ from sqlalchemy import select
 from services.api import resources
 from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.intake import VIDEO
-from services.api.pagination import Cursor, Limit, next_cursor, page
+from services.api.pagination import Cursor, Limit, StatusFilter, next_cursor, page
 from services.api.problems import ApiProblem
 from shared.db.models import Render, Subject
 from shared.db.session import tenant_scoped
@@ -51,7 +49,12 @@ def _profile(value: str | None, settings) -> str:
     return profile
 
 
-@router.post("", status_code=202, summary="Learn a person from a video")
+@router.post(
+    "",
+    status_code=202,
+    summary="Learn a person from a video",
+    openapi_extra=resources.openapi_body(SubjectCreate, "video"),
+)
 async def create_subject(
     request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
 ) -> Response:
@@ -92,9 +95,7 @@ def list_subjects(
     tenant: CurrentTenant,
     limit: Limit = 50,
     cursor: Cursor = None,
-    status: Annotated[
-        str | None, Query(description="queued | running | succeeded | failed | canceled")
-    ] = None,
+    status: StatusFilter = None,
 ) -> dict:
     stmt = tenant_scoped(Subject, tenant.id)
     if status:

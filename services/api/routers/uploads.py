@@ -8,6 +8,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import CurrentTenant, PlatformDep, SessionDep
@@ -83,3 +84,20 @@ async def create_upload(
         raise
     response = JSONResponse(result, status_code=201, headers={"Location": f"/v1/uploads/{result['id']}"})
     return await run_in_threadpool(idem.complete, response, result)
+
+
+@router.get("/{upload_id}", summary="An upload: its size, and whether it was received and checked")
+def read_upload(upload_id: str, session: SessionDep, tenant: CurrentTenant) -> dict:
+    row = session.scalars(select(Upload).where(Upload.tenant_id == tenant.id, Upload.id == upload_id)).first()
+    if row is None:
+        raise ApiProblem(404, "not_found", f"There is no upload {upload_id!r}.")
+    return {
+        "id": row.id,
+        "object": "upload",
+        "filename": row.filename,
+        "content_type": row.content_type,
+        "bytes": row.bytes,
+        "status": row.status,  # pending (waiting for its PUT) | received (checked) | refused
+        "created_at": rfc3339(row.created_at),
+        "expires_at": rfc3339(row.expires_at),
+    }
