@@ -1,9 +1,11 @@
 """``Idempotency-Key`` on every POST (API.md): the same key with the same request returns the original
 response (same resource id); the same key with another request is a 409. Keys live 24 hours.
 
-The first request with a key inserts a placeholder row in its own transaction (the unique constraint
-decides between two racing requests); it is completed with the response, or removed when the request
-fails, so a retry after an error runs again.
+The first request with a key inserts a placeholder row and commits it (the unique constraint decides
+between two racing requests); it is completed with the response, or removed when the request fails, so a
+retry after an error runs again. Everything goes through the request's own session, committed before
+the request's work starts: a request never holds two pooled connections at once (with many concurrent
+POSTs, a second connection waited for while holding the first exhausted the pool: measured).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import timedelta
 from fastapi.responses import JSONResponse
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from services.api.problems import ApiProblem
 from shared.db.models import IdempotencyKey, utcnow
@@ -35,9 +38,16 @@ def request_hash(*parts: str | bytes) -> str:
 class Idempotency:
     """One POST's key (None: the client sent none, nothing is recorded)."""
 
-    sessions: object
+    session: Session  # the request's session; begin() must run before the request's own work
     tenant_id: str
     key: str | None
+
+    def _row(self) -> IdempotencyKey | None:
+        return self.session.scalars(
+            select(IdempotencyKey).where(
+                IdempotencyKey.tenant_id == self.tenant_id, IdempotencyKey.key == self.key
+            )
+        ).first()
 
     def begin(self, digest: str) -> JSONResponse | None:
         """The original response when this key was used for this request before; None when the request
@@ -46,68 +56,56 @@ class Idempotency:
             return None
         if len(self.key) > MAX_KEY:
             raise ApiProblem(422, "invalid_request", f"Idempotency-Key is longer than {MAX_KEY} characters.")
+        s = self.session
         for _ in range(2):
-            with self.sessions() as s:
-                row = s.scalars(
-                    select(IdempotencyKey).where(
-                        IdempotencyKey.tenant_id == self.tenant_id, IdempotencyKey.key == self.key
-                    )
-                ).first()
-                if row is not None and row.expires_at.replace(tzinfo=None) < utcnow().replace(tzinfo=None):
-                    s.delete(row)  # expired: the key is free again
-                    s.commit()
-                    row = None
-                if row is not None:
-                    if row.request_hash != digest:
-                        raise ApiProblem(
-                            409, "idempotency_conflict",
-                            "This Idempotency-Key was used for a different request; use a new key.",
-                        )  # fmt: skip
-                    if row.status_code is None:
-                        raise ApiProblem(
-                            409, "idempotency_in_progress",
-                            "A request with this Idempotency-Key is still running; retry in a moment.",
-                            {"Retry-After": "1"},
-                        )  # fmt: skip
-                    headers = {**(row.headers or {}), "Idempotent-Replayed": "true"}
-                    return JSONResponse(row.response, status_code=row.status_code, headers=headers)
-                s.add(
-                    IdempotencyKey(
-                        tenant_id=self.tenant_id,
-                        key=self.key,
-                        request_hash=digest,
-                        expires_at=utcnow() + KEEP,
-                    )
+            row = self._row()
+            if row is not None and row.expires_at.replace(tzinfo=None) < utcnow().replace(tzinfo=None):
+                s.delete(row)  # expired: the key is free again
+                s.commit()
+                row = None
+            if row is not None:
+                if row.request_hash != digest:
+                    raise ApiProblem(
+                        409, "idempotency_conflict",
+                        "This Idempotency-Key was used for a different request; use a new key.",
+                    )  # fmt: skip
+                if row.status_code is None:
+                    raise ApiProblem(
+                        409, "idempotency_in_progress",
+                        "A request with this Idempotency-Key is still running; retry in a moment.",
+                        {"Retry-After": "1"},
+                    )  # fmt: skip
+                headers = {**(row.headers or {}), "Idempotent-Replayed": "true"}
+                return JSONResponse(row.response, status_code=row.status_code, headers=headers)
+            s.add(
+                IdempotencyKey(
+                    tenant_id=self.tenant_id, key=self.key, request_hash=digest, expires_at=utcnow() + KEEP
                 )
-                try:
-                    s.commit()
-                    return None
-                except IntegrityError:  # another request took the key first: read what it recorded
-                    s.rollback()
+            )
+            try:
+                s.commit()
+                return None
+            except IntegrityError:  # another request took the key first: read what it recorded
+                s.rollback()
         raise ApiProblem(409, "idempotency_in_progress", "A request with this Idempotency-Key is running.")
 
     def complete(self, response: JSONResponse, body: dict) -> JSONResponse:
         if self.key is not None:
-            headers = {k: v for k, v in response.headers.items() if k.lower() == "location"}
-            with self.sessions() as s:
-                row = s.scalars(
-                    select(IdempotencyKey).where(
-                        IdempotencyKey.tenant_id == self.tenant_id, IdempotencyKey.key == self.key
-                    )
-                ).first()
-                if row is not None:
-                    row.status_code, row.response, row.headers = response.status_code, body, headers
-                    s.commit()
+            row = self._row()
+            if row is not None:
+                headers = {k: v for k, v in response.headers.items() if k.lower() == "location"}
+                row.status_code, row.response, row.headers = response.status_code, body, headers
+                self.session.commit()
         return response
 
     def abandon(self) -> None:
         if self.key is not None:
-            with self.sessions() as s:
-                s.execute(
-                    delete(IdempotencyKey).where(
-                        IdempotencyKey.tenant_id == self.tenant_id,
-                        IdempotencyKey.key == self.key,
-                        IdempotencyKey.status_code.is_(None),
-                    )
+            self.session.rollback()  # whatever the failed request left pending
+            self.session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.tenant_id == self.tenant_id,
+                    IdempotencyKey.key == self.key,
+                    IdempotencyKey.status_code.is_(None),
                 )
-                s.commit()
+            )
+            self.session.commit()

@@ -102,7 +102,7 @@ async def create_from_request(
     fields, part = await read_fields(request, model, file_field)
     file_digest = await run_in_threadpool(_file_digest, part) if part is not None else ""
     digest = request_hash(request.method, request.url.path, repr(sorted(fields.items())), file_digest)
-    idem = Idempotency(platform.sessions, tenant.id, request.headers.get("idempotency-key"))
+    idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
     replay = await run_in_threadpool(idem.begin, digest)
     if replay is not None:
         return replay

@@ -28,7 +28,9 @@ def make_engine(settings: Settings) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # as many connections as the API's thread pool has threads (40): a request waiting for a pooled
+    # connection behind 15 busy ones (the default) timed out under load; idle ones are closed back to 10
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=30)
 
 
 @contextmanager

@@ -42,7 +42,7 @@ async def create_batch(
     body: BatchCreate, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
 ) -> JSONResponse:
     digest = request_hash("POST", request.url.path, body.model_dump_json())
-    idem = Idempotency(platform.sessions, tenant.id, request.headers.get("idempotency-key"))
+    idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
     replay = await run_in_threadpool(idem.begin, digest)
     if replay is not None:
         return replay

@@ -49,7 +49,7 @@ async def create_upload(
             415, "unsupported_media", f"Only video and audio files are accepted, not {body.content_type!r}."
         )
     digest = request_hash("POST", request.url.path, body.model_dump_json())
-    idem = Idempotency(platform.sessions, tenant.id, request.headers.get("idempotency-key"))
+    idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
     replay = await run_in_threadpool(idem.begin, digest)
     if replay is not None:
         return replay

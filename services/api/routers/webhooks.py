@@ -61,7 +61,7 @@ async def create_webhook(
     and ``webhook-signature`` headers; failed deliveries are retried with backoff for about 17 hours."""
     url, patterns = _validated(body)
     digest = request_hash("POST", request.url.path, body.model_dump_json())
-    idem = Idempotency(platform.sessions, tenant.id, request.headers.get("idempotency-key"))
+    idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
     replay = await run_in_threadpool(idem.begin, digest)
     if replay is not None:
         return replay
