@@ -148,8 +148,14 @@ def serve(host: str, port: int) -> None:
     click.echo(f"synctalk: API on http://{host}:{port}, workers for cpu and gpu; data in {settings.data_dir}")
     api_proc = subprocess.Popen([*exe, "api", "--host", host, "--port", str(port)], env=env)
     children.append(api_proc)
+    stop = {"asked": False}
+
+    def _ask_stop(_signum, _frame) -> None:  # SIGTERM (a supervisor, a test) stops the children too
+        stop["asked"] = True
+
+    signal.signal(signal.SIGTERM, _ask_stop)
     try:
-        while all(c.poll() is None for c in children):
+        while not stop["asked"] and all(c.poll() is None for c in children):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
