@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "worker": "services.cli.platform_cmd:worker",
     "migrate": "services.cli.platform_cmd:migrate",
     "keys": "services.cli.platform_cmd:keys",
+    "remote": "services.cli.remote_cmd:remote",
 }
 
 
