@@ -199,13 +199,16 @@ class AsyncClient(Routes):
         offset, total = t.resume_offset(r.status_code, r.headers, have)
         if offset is None:
             return await asyncio.to_thread(t.finish_part, part, dest, total)
+        if r.status_code == 416 and offset is not None:  # the part is not a prefix we can verify: anew
+            part.unlink(missing_ok=True)
+            raise Retryable(ConnectionFailed(f"{r.url} refused the range of {part.name}"), None)
         if offset > have:
             part.unlink(missing_ok=True)
             raise Retryable(ConnectionFailed(f"unexpected Content-Range from {r.url}"), None)
         with open(part, "r+b" if part.exists() else "wb") as fh:
             fh.seek(offset)
             fh.truncate()
-            async for chunk in r.aiter_bytes(t.CHUNK):
+            async for chunk in r.aiter_bytes(t.WRITE_CHUNK):
                 fh.write(chunk)
                 if on_bytes is not None:
                     on_bytes(len(chunk))

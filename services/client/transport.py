@@ -17,7 +17,8 @@ from services.client.routes import Call
 
 # what a dropped or refused connection looks like in httpx (timeouts included): always worth a retry
 TRANSIENT = (httpx.TransportError,)
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # reads of a file being uploaded
+WRITE_CHUNK = 1 << 16  # a download is written as it arrives: a cut connection keeps what came
 
 
 def base_headers(api_key: str) -> dict[str, str]:
