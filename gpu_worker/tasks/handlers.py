@@ -6,13 +6,19 @@ stage of the catalogue (shared/queue/stages.py) has no handler.
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import shutil
+import time
 from pathlib import Path
 
 from gpu_worker.tasks.runner import StageRun
 from shared.db.states import JobKind
 from shared.jobs import keys
 from shared.queue.stages import STAGES
+
+log = logging.getLogger(__name__)
 
 
 def _folder(ctx, *parts: str) -> Path:
@@ -71,7 +77,65 @@ def subject_preprocess(ctx, run: StageRun) -> dict:
     run.progress("preprocess", 1.0, "storing the dataset")
     ctx.storage.upload_dir(dataset, prefix)
     report = json.loads((dataset / "report.json").read_text())
+    try:
+        _publish_report_images(ctx, subject, dataset)
+    except Exception:  # pictures for people: a subject never fails for want of them
+        log.exception("subject %s: the dataset report's pictures could not be drawn", subject.id)
     return {"dataset_key": prefix, "report": report}
+
+
+def _publish_report_images(ctx, subject, dataset: Path) -> None:
+    """The dashboard's report pictures, drawn once from the finished dataset."""
+    from gpu_worker.preprocess.report_files import REPORT_IMAGES, report_image_key
+    from gpu_worker.preprocess.report_images import write_report_images
+
+    folder = _folder(ctx, "subjects", subject.id, "report")
+    for path in write_report_images(dataset, folder):
+        content_type = REPORT_IMAGES[path.name][0]
+        ctx.storage.put_file(
+            report_image_key(subject.tenant_id, subject.id, path.name), path, content_type=content_type
+        )
+
+
+# the trainer's progress message: "step 120/400 loss 0.0123 psnr 21.50 eta 1m05s" (gpu_worker/model/trainer.py)
+_STEP = re.compile(r"step (\d+)/(\d+) loss ([-+0-9.eE]+|nan|inf) psnr ([-+0-9.eE]+|nan|inf)")
+CURVES_EVERY_S = 2.0  # the dashboard's plots need no more than this; storage writes stay rare
+
+
+class Curves:
+    """Loss and PSNR per stage over steps, as the trainer reports them, published to storage (throttled)
+    for the dashboard's plots. On a resumed run, points from before the checkpoint are kept."""
+
+    def __init__(self, ctx, subject) -> None:
+        from gpu_worker.preprocess.report_files import curves_key
+
+        self.storage, self.key = ctx.storage, curves_key(subject.tenant_id, subject.id)
+        self.points: list[dict] = []
+        self.total = 0
+        self._written = 0.0
+        if self.storage.exists(self.key):
+            try:
+                self.points = list(json.loads(self.storage.read_bytes(self.key))["points"])
+            except (ValueError, KeyError, TypeError):
+                self.points = []
+
+    def add(self, step: str, message: str) -> None:
+        match = _STEP.search(message)
+        if not step.startswith("train:") or match is None:
+            return
+        at, self.total = int(match[1]), int(match[2])
+        # a resumed run reports steps again from its checkpoint: drop what it is about to redo
+        self.points = [p for p in self.points if p["step"] < at]
+        loss, psnr = (v if math.isfinite(v := float(match[i])) else None for i in (3, 4))
+        self.points.append({"stage": step.split(":", 1)[1], "step": at, "loss": loss, "psnr": psnr})
+        if time.monotonic() - self._written >= CURVES_EVERY_S or at == self.total:
+            self.flush()
+
+    def flush(self) -> None:
+        body = {"points": self.points, "total_steps": self.total}
+        data = json.dumps(body, allow_nan=False).encode()
+        self.storage.put_bytes(self.key, data, content_type="application/json")
+        self._written = time.monotonic()
 
 
 def _dataset(ctx, subject) -> Path:
@@ -94,8 +158,10 @@ def subject_train(ctx, run: StageRun) -> dict:
     if not local_ckpt.is_file() and ctx.storage.exists(ckpt_key):
         ctx.storage.get_file(ckpt_key, local_ckpt)
     published = {"mtime": local_ckpt.stat().st_mtime_ns if local_ckpt.is_file() else 0}
+    curves = Curves(ctx, subject)
 
     def progress(step: str, fraction: float, message: str) -> None:
+        curves.add(step, message)
         # the trainer writes its checkpoint atomically every few hundred steps: publish each new one,
         # so a worker that dies costs at most that much training
         if local_ckpt.is_file() and local_ckpt.stat().st_mtime_ns != published["mtime"]:
@@ -107,6 +173,7 @@ def subject_train(ctx, run: StageRun) -> dict:
         dataset, model, profile=subject.profile, resume=True, settings=ctx.settings, progress=progress,
         steps_scale=ctx.settings.train_steps_scale,
     )  # fmt: skip
+    curves.flush()
     run.progress("evaluate", 0.96, "evaluating the model")
     metrics_path = evaluate(model, settings=ctx.settings, max_frames=48)
     prefix = keys.model_prefix(subject.tenant_id, subject.id)

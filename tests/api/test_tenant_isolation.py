@@ -242,6 +242,32 @@ def check_events(world: World) -> None:
                 s.close()
 
 
+def check_subject_artifacts(world: World) -> None:
+    """A's training curves and report pictures exist in storage, and B asking for them (or their list) is
+    answered exactly as for a subject that does not exist."""
+    from gpu_worker.preprocess.report_files import curves_key, report_image_key
+
+    storage, a_tenant, subject = world.platform.storage, world.api.tenant_id, world.a["subject"]
+    storage.put_bytes(curves_key(a_tenant, subject), b'{"points": [], "total_steps": 0}')
+    storage.put_bytes(report_image_key(a_tenant, subject, "frames.jpg"), b"a jpeg")
+    assert world.client("a").get(f"/v1/subjects/{subject}/report/images/frames.jpg").status_code == 200
+    like_missing(
+        lambda c, i, w: c.get(f"/v1/subjects/{i['subject']}/curves"),
+        lambda c, i, w: c.get(f"/v1/subjects/{i['subject']}/report/images"),
+        lambda c, i, w: c.get(f"/v1/subjects/{i['subject']}/report/images/frames.jpg"),
+    )(world)
+
+
+def check_render_retry(world: World) -> None:
+    """B cannot retry A's renders, even a failed one (A's own retry of it works)."""
+    failed = new_render(world.platform, world.api.tenant_id, world.a["subject"])
+    _set(world.api, Render, failed, status="failed", error_code="render_failed", audio_key=world.a_files[0])
+    world.a["failed_render"] = failed
+    assert_like_missing(world, lambda c, i, w: c.post(f"/v1/renders/{i['failed_render']}/retry"))
+    assert_like_missing(world, lambda c, i, w: c.post(f"/v1/renders/{i['done_render']}/retry"))
+    assert world.client("a").post(f"/v1/renders/{failed}/retry").status_code == 202
+
+
 CHECKS: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/subjects/{subject_id}"): like_missing(lambda c, i, w: c.get(f"/v1/subjects/{i['subject']}")),
     ("DELETE", "/v1/subjects/{subject_id}"): like_missing(
@@ -279,6 +305,11 @@ CHECKS: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/webhooks"): check_webhook_list,
     ("POST", "/v1/webhooks"): check_webhook_create,
     ("GET", "/v1/events"): check_events,
+    # additions for the dashboard (services/api/routers/artifacts.py)
+    ("GET", "/v1/subjects/{subject_id}/curves"): check_subject_artifacts,
+    ("GET", "/v1/subjects/{subject_id}/report/images"): check_subject_artifacts,
+    ("GET", "/v1/subjects/{subject_id}/report/images/{name}"): check_subject_artifacts,
+    ("POST", "/v1/renders/{render_id}/retry"): check_render_retry,
 }
 
 
@@ -351,7 +382,7 @@ def _example_path(path: str) -> str:
     return path.format(
         **{
             name: uuid.uuid4().hex
-            for name in ("subject_id", "render_id", "batch_id", "webhook_id", "upload_id")
+            for name in ("subject_id", "render_id", "batch_id", "webhook_id", "upload_id", "name")
         }
     )
 
