@@ -10,6 +10,7 @@ from sqlalchemy.orm import sessionmaker
 
 from services.api import problems
 from services.api.deps import Platform
+from services.api.keycache import VerifiedKeys
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = """Dub video with digital doubles. Upload a few minutes of a person talking (a *subject*);
@@ -30,18 +31,31 @@ def make_platform(settings: Settings) -> Platform:
         storage=storage_from_settings(settings),
         celery=make_celery(settings),
         sessions=sessionmaker(engine, expire_on_commit=False),
+        verified_keys=VerifiedKeys(ttl_s=settings.api_key_cache_s),
     )
 
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None) -> FastAPI:
-    from services.api.routers import batches, events, files, ops, renders, subjects, uploads, webhooks
+    from services.api.routers import (
+        artifacts,
+        batches,
+        events,
+        files,
+        ops,
+        renders,
+        subjects,
+        uploads,
+        webhooks,
+    )
+    from services.dashboard import install as install_dashboard
 
     settings = settings or get_settings()
     app = FastAPI(title="SyncTalk platform", version="1", description=DESCRIPTION)
     app.state.platform = platform or make_platform(settings)
     problems.install(app)
-    for module in (subjects, renders, batches, uploads, events, webhooks, ops, files):
+    for module in (subjects, renders, batches, uploads, events, webhooks, ops, files, artifacts):
         app.include_router(module.router)
+    install_dashboard(app)  # the web dashboard's pages and its cookie-signed v1 routes (docs/DASHBOARD.md)
     from services.api.ratelimit import RateLimit
 
     app.add_middleware(RateLimit, per_minute=settings.rate_limit_per_minute)
