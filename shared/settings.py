@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 600
     """Requests per tenant per minute on /v1 (429 with Retry-After beyond it)."""
 
+    api_key_cache_s: float = 5.0
+    """How long an API process trusts a key it verified; a revoked key stops working within this time
+    (0: check the database on every request)."""
+
     direct_upload_max_bytes: int = 1024**3
     """Largest file sent directly in a multipart POST; larger ones go through ``POST /v1/uploads``."""
 

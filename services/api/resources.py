@@ -120,7 +120,7 @@ async def create_from_request(
     try:
         body, location = await run_in_threadpool(work)
     except BaseException:
-        session.rollback()
+        await run_in_threadpool(session.rollback)  # I/O: never on the event loop
         await run_in_threadpool(idem.abandon)
         if stored:  # refused after the file was stored (e.g. a bad field): no row names it, drop it
             await run_in_threadpool(_drop_unrecorded, platform, stored[0])

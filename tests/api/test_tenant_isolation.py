@@ -401,6 +401,7 @@ def test_every_v1_route_wants_a_valid_key(world, credential: str):
             s.execute(update(ApiKey).where(ApiKey.tenant_id == world.b_tenant).values(revoked_at=utcnow()))
             s.commit()
             assert s.scalars(select(ApiKey).where(ApiKey.tenant_id == world.b_tenant)).one().revoked_at
+        world.platform.verified_keys.clear()  # as after api_key_cache_s (test_keycache.py checks that wait)
         headers = {"Authorization": f"Bearer {key}"}
     client = TestClient(world.api.app, raise_server_exceptions=False)
     world.api.clients.append(client)

@@ -80,7 +80,7 @@ async def create_batch(
     try:
         result = await run_in_threadpool(work)
     except BaseException:
-        session.rollback()
+        await run_in_threadpool(session.rollback)  # I/O: never on the event loop
         await run_in_threadpool(idem.abandon)
         raise
     response = JSONResponse(result, status_code=202, headers={"Location": f"/v1/batches/{result['id']}"})

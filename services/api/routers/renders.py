@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from services.api import resources
 from services.api.deps import CurrentTenant, PlatformDep, SessionDep
@@ -49,7 +50,8 @@ async def create_render(
 ) -> Response:
     """``multipart/form-data`` with an ``audio`` file part, or JSON ``{"upload_id"}``; optional ``mode``,
     ``start_frame``, ``ref``. The audio is probed before anything is queued."""
-    subject = get_subject(session, tenant.id, subject_id)
+    # the database is never called on the event loop: a blocked loop cannot return pooled connections
+    subject = await run_in_threadpool(get_subject, session, tenant.id, subject_id)
 
     def build(fields: dict, upload) -> tuple[dict, str]:
         render, nxt = lifecycle.create_render(

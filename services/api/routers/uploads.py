@@ -79,7 +79,7 @@ async def create_upload(
     try:
         result = await run_in_threadpool(work)
     except BaseException:
-        session.rollback()
+        await run_in_threadpool(session.rollback)  # I/O: never on the event loop
         await run_in_threadpool(idem.abandon)
         raise
     response = JSONResponse(result, status_code=201, headers={"Location": f"/v1/uploads/{result['id']}"})
