@@ -31,6 +31,8 @@
       ST.refreshSections(["render"]).then(() => {
         const fresh = document.getElementById("render");
         if (fresh) fresh.dataset.status = render.status;
+        const indicator = document.getElementById("live");  // the re-read section starts at "connecting…"
+        if (indicator) indicator.textContent = "live";
       });
     }
     article.dataset.status = render.status;

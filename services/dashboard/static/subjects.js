@@ -39,7 +39,10 @@
     const eta = document.createElement("span");
     eta.className = "eta";
     eta.dataset.field = "eta";
-    progress.append(status, " ", bar, " ", pct, " ", eta);
+    const line = document.createElement("div");
+    line.className = "line";
+    line.append(status, " ", bar, " ", pct, " ", eta);
+    progress.append(line);
     const ageCell = cell("age");
     const time = document.createElement("time");
     time.dataset.field = "age";
