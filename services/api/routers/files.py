@@ -33,22 +33,70 @@ def _verify(storage, method: str, key: str, request: Request):
         raise ApiProblem(403, exc.code, str(exc)) from None
 
 
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one range a ``Range: bytes=...`` header asks for, as (first, last) inclusive; None for the
+    whole file (no header, another unit, or several ranges: RFC 9110 lets a server send it all).
+    Raises ``ValueError`` when the range cannot be satisfied (416)."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":  # the last N bytes
+            n = int(last)
+            if n <= 0 or size == 0:
+                raise ValueError("an empty suffix range")
+            return max(0, size - n), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        raise ValueError(f"not a byte range: {header!r}") from None
+    if start < 0 or end < start or start >= size:
+        raise ValueError(f"range {header!r} is outside the file's {size} bytes")
+    return start, min(end, size - 1)
+
+
 @router.get("/storage/{key:path}")
 def download(key: str, request: Request, platform: PlatformDep) -> Response:
+    """The file, or the byte range asked for (206, so an interrupted download resumes where it stopped)."""
     storage = _local(platform)
     params = _verify(storage, "GET", key, request)
-    headers = storage.response_headers(key, params)
+    headers = {**storage.response_headers(key, params), "Accept-Ranges": "bytes"}
+    size = int(headers["Content-Length"])
+    try:
+        wanted = byte_range(request.headers.get("range"), size)
+    except ValueError as exc:
+        raise ApiProblem(
+            416,
+            "range_not_satisfiable",
+            str(exc),
+            {"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
+        ) from None
+    start, end, status = 0, size - 1, 200
+    if wanted is not None:
+        start, end, status = wanted[0], wanted[1], 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(end - start + 1)
     cm = storage.open_read(key)
     fh = cm.__enter__()
+    fh.seek(start)
 
     def chunks():
         try:
-            while chunk := fh.read(CHUNK):
+            left = end - start + 1
+            while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+                left -= len(chunk)
                 yield chunk
         finally:
             cm.__exit__(None, None, None)
 
-    return StreamingResponse(chunks(), headers=headers, media_type=headers.get("Content-Type"))
+    return StreamingResponse(
+        chunks(), status_code=status, headers=headers, media_type=headers.get("Content-Type")
+    )
 
 
 @router.put("/storage/{key:path}", status_code=200)
