@@ -40,10 +40,9 @@ class Platform:
 
     def send(self, nxt) -> None:
         """Queue the stages a committed transaction asked for."""
-        from shared.queue.app import send_stage
+        from shared.queue.app import send_stages
 
-        for n in nxt:
-            send_stage(self.celery, n.kind, n.job_id, n.stage)
+        send_stages(self.celery, ((n.kind, n.job_id, n.stage) for n in nxt))
 
 
 async def get_platform(request: Request) -> Platform:

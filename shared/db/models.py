@@ -26,7 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db.states import JobState
 
@@ -160,6 +160,7 @@ class Render(JobColumns, Base):
     batch_id: Mapped[str | None] = mapped_column(
         ForeignKey("batches.id", ondelete="SET NULL"), nullable=True, index=True
     )
+    batch: Mapped[Batch | None] = relationship(foreign_keys=[batch_id], lazy="raise")  # insert order only
     ref: Mapped[str | None] = mapped_column(String(500), nullable=True)  # the client's own name (batches)
     mode: Mapped[str] = mapped_column(String(16), default="fullframe")
     start_frame: Mapped[int] = mapped_column(Integer, default=0)
@@ -193,6 +194,10 @@ class Stage(Base):
     render_id: Mapped[str | None] = mapped_column(
         ForeignKey("renders.id", ondelete="CASCADE"), nullable=True, index=True
     )
+    # never loaded ("raise"): they tell the unit of work to insert a new job before its stages, so a
+    # batch of jobs goes in with one flush (one multi-row INSERT per table) instead of one per job
+    subject: Mapped[Subject | None] = relationship(foreign_keys=[subject_id], lazy="raise")
+    render: Mapped[Render | None] = relationship(foreign_keys=[render_id], lazy="raise")
     position: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(32))
     queue: Mapped[str] = mapped_column(String(16))  # cpu | gpu

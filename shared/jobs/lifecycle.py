@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Event, Render, Stage, Subject, utcnow
+from shared.db.models import Event, Render, Stage, Subject, new_id, utcnow
 from shared.db.states import JobKind, JobState, can_transition
 from shared.jobs import webhooks
 from shared.jobs.views import render_view, subject_view
@@ -48,31 +48,41 @@ def stages_of_job(session: Session, job_id: str) -> list[Stage]:
 
 def view(session: Session, kind: JobKind | str, row, base_url: str | None = None) -> dict:
     """The resource's JSON (API.md); ``base_url`` (default: the settings' public URL) makes links absolute."""
-    if base_url is None:
-        from shared.settings import get_settings
-
-        base_url = get_settings().public_url
     stages = stages_of_job(session, row.id)
-    return (
-        subject_view(row, stages) if JobKind(kind) is JobKind.subject else render_view(row, stages, base_url)
-    )
+    if JobKind(kind) is JobKind.subject:
+        return subject_view(row, stages)
+    return render_view(row, stages, _public_url() if base_url is None else base_url)
 
 
-def emit(session: Session, kind: JobKind | str, row, *, status_changed: bool) -> Event:
+def emit(
+    session: Session, kind: JobKind | str, row, *, status_changed: bool, stages: list[Stage] | None = None,
+    hooks: list[tuple[str, list[str]]] | None = None,
+) -> Event:  # fmt: skip
     """Append the job's current document to the event log: ``subject.succeeded`` style when its status
-    changed (what webhooks subscribe to), ``subject.progress`` otherwise."""
+    changed (what webhooks subscribe to), ``subject.progress`` otherwise. ``stages`` (the job's, when
+    the caller holds them) and ``hooks`` (``webhooks.subscriptions``) spare a query each: creating many
+    jobs in one transaction then costs no round trip per job."""
     kind = JobKind(kind)
-    session.flush()
+    if stages is None:
+        session.flush()
+        stages = stages_of_job(session, row.id)
+    data = subject_view(row, stages) if kind is JobKind.subject else render_view(row, stages, _public_url())
     event = Event(
         tenant_id=row.tenant_id,
         type=f"{kind.value}.{row.status if status_changed else 'progress'}",
         resource=kind.value,
         resource_id=row.id,
-        data=view(session, kind, row),
+        data=data,
     )
     session.add(event)
-    webhooks.fan_out(session, event)  # the deliveries are in the same transaction as the change
+    webhooks.fan_out(session, event, hooks=hooks)  # the deliveries are in the same transaction as the change
     return event
+
+
+def _public_url() -> str:
+    from shared.settings import get_settings
+
+    return get_settings().public_url
 
 
 def _set_status(row, new: JobState) -> None:
@@ -91,6 +101,7 @@ def _set_status(row, new: JobState) -> None:
 
 
 def add_stages(session: Session, kind: JobKind | str, row) -> list[Stage]:
+    """The job's stages, queued, with every field set here (no flush needed to show them)."""
     kind = JobKind(kind)
     stages = [
         Stage(
@@ -99,6 +110,9 @@ def add_stages(session: Session, kind: JobKind | str, row) -> list[Stage]:
             position=i,
             name=spec.name,
             queue=spec.queue,
+            status=JobState.queued.value,
+            progress=0.0,
+            attempts=0,
             subject_id=row.id if kind is JobKind.subject else None,
             render_id=row.id if kind is JobKind.render else None,
         )  # fmt: skip
@@ -108,30 +122,46 @@ def add_stages(session: Session, kind: JobKind | str, row) -> list[Stage]:
     return stages
 
 
+def _new_job_fields() -> dict:
+    """What the database would fill in on insert, set now: the new row can be shown (its event's
+    document) before anything is flushed, and many rows go in one batched INSERT at commit."""
+    now = utcnow()
+    return {
+        "id": new_id(),
+        "status": JobState.queued.value,
+        "progress": 0.0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def create_subject(session: Session, tenant_id: str, **fields) -> tuple[Subject, list[Next]]:
     """A new subject (``name``, ``profile``, ``upload_id``, ``source_key``) with its stages, queued."""
-    subject = Subject(tenant_id=tenant_id, **fields)
+    subject = Subject(tenant_id=tenant_id, **_new_job_fields(), **fields)
     session.add(subject)
-    session.flush()
-    add_stages(session, JobKind.subject, subject)
-    emit(session, JobKind.subject, subject, status_changed=True)
+    stages = add_stages(session, JobKind.subject, subject)
+    emit(session, JobKind.subject, subject, status_changed=True, stages=stages)
     return subject, [Next(JobKind.subject.value, subject.id, stages_of(JobKind.subject)[0].name)]
 
 
-def create_render(session: Session, tenant_id: str, subject: Subject, **fields) -> tuple[Render, list[Next]]:
+def create_render(
+    session: Session, tenant_id: str, subject: Subject, *, hooks: list[tuple[str, list[str]]] | None = None,
+    **fields,
+) -> tuple[Render, list[Next]]:  # fmt: skip
     """A new render of ``subject`` (``mode``, ``start_frame``, ``audio_key``, ``upload_id``, ``ref``,
     ``batch_id``). It starts at once when the subject is ready, waits (queued) while it trains, and
-    fails with the subject's error when the subject failed."""
-    render = Render(tenant_id=tenant_id, subject_id=subject.id, **fields)
+    fails with the subject's error when the subject failed. No query is made (``hooks``: the tenant's
+    ``webhooks.subscriptions``, when creating many): a batch's renders are inserted together at commit."""
+    render = Render(tenant_id=tenant_id, subject_id=subject.id, **{"mode": "fullframe", "start_frame": 0,
+                    **_new_job_fields(), **fields})  # fmt: skip
     session.add(render)
-    session.flush()
-    add_stages(session, JobKind.render, render)
+    stages = add_stages(session, JobKind.render, render)
     nxt: list[Next] = []
     if subject.status == JobState.succeeded:
         nxt.append(Next(JobKind.render.value, render.id, stages_of(JobKind.render)[0].name))
     elif JobState(subject.status) in (JobState.failed, JobState.canceled):
         _fail_row(render, subject.error_code or "subject_failed", _subject_failure(subject))
-    emit(session, JobKind.render, render, status_changed=True)
+    emit(session, JobKind.render, render, status_changed=True, stages=stages, hooks=hooks)
     return render, nxt
 
 

@@ -95,25 +95,38 @@ def matches(pattern: str, event_type: str) -> bool:
     return want_r in ("*", resource) and want_s in ("*", state)
 
 
-def fan_out(session: Session, event: Event) -> int:
-    """One pending delivery of ``event`` for each of its tenant's enabled webhooks that subscribe to its
-    type; returns how many. Runs inside the caller's transaction (``lifecycle.emit``), so deliveries
-    exist exactly when their event commits. Calling it twice for one event adds nothing."""
-    if event.type not in EVENT_TYPES:
-        return 0  # progress events are never delivered: no query for them
-    hooks = session.execute(
+def subscriptions(session: Session, tenant_id: str) -> list[tuple[str, list[str]]]:
+    """The tenant's enabled webhooks as (id, event patterns)."""
+    rows = session.execute(
         select(Webhook.id, Webhook.events).where(
-            Webhook.tenant_id == event.tenant_id, Webhook.disabled_at.is_(None)
+            Webhook.tenant_id == tenant_id, Webhook.disabled_at.is_(None)
         )
     ).all()
+    return [(hook_id, patterns) for hook_id, patterns in rows]
+
+
+def fan_out(session: Session, event: Event, *, hooks: list[tuple[str, list[str]]] | None = None) -> int:
+    """One pending delivery of ``event`` for each of its tenant's enabled webhooks that subscribe to its
+    type; returns how many. Runs inside the caller's transaction (``lifecycle.emit``), so deliveries
+    exist exactly when their event commits. Calling it twice for one event adds nothing. ``hooks``:
+    the tenant's ``subscriptions``, when the caller emits many events (one query instead of many)."""
+    if event.type not in EVENT_TYPES:
+        return 0  # progress events are never delivered: no query for them
+    if hooks is None:
+        hooks = subscriptions(session, event.tenant_id)
     wanted = [hook_id for hook_id, patterns in hooks if any(matches(p, event.type) for p in patterns)]
     if not wanted:
         return 0
+    fresh = event.id is None  # not yet in the database: it can have no deliveries yet
     session.flush()  # the event's id
-    done = set(  # by the unique (webhook_id, event_id) index
-        session.scalars(
-            select(WebhookDelivery.webhook_id).where(
-                WebhookDelivery.webhook_id.in_(wanted), WebhookDelivery.event_id == event.id
+    done = (
+        set()
+        if fresh
+        else set(  # by the unique (webhook_id, event_id) index
+            session.scalars(
+                select(WebhookDelivery.webhook_id).where(
+                    WebhookDelivery.webhook_id.in_(wanted), WebhookDelivery.event_id == event.id
+                )
             )
         )
     )

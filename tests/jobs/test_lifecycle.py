@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 
-from shared.db.models import Event, Stage, Tenant, utcnow
+from shared.db.models import Event, Stage, Subject, Tenant, utcnow
 from shared.db.session import make_engine, session_scope
-from shared.jobs import lifecycle
+from shared.jobs import lifecycle, webhooks
 from shared.jobs.lifecycle import Next
 from shared.settings import Settings
 
@@ -228,3 +228,66 @@ def test_every_status_change_is_queued_for_the_tenant_s_matching_webhooks(engine
         ).all()
     # queued and running, to the subject hook only; progress is never delivered; no other tenant's hook
     assert rows == [("http://127.0.0.1:9/a", "subject.queued"), ("http://127.0.0.1:9/a", "subject.running")]
+
+
+def test_many_renders_are_created_without_a_query_each_and_show_as_the_database_does(engine):
+    """A batch's renders go in with one flush: no query per render, and the document each one's event
+    carries (built before anything was written) is what reading the row back shows."""
+    from sqlalchemy import event as sa_event
+
+    from shared.db.models import Batch, Render, new_id
+
+    tenant = _tenant(engine)
+    sid, _ = _subject(engine, tenant)
+    with session_scope(engine) as s:
+        subject = s.get(Subject, sid)
+        subject.status = "succeeded"
+    statements: list[str] = []
+    with session_scope(engine) as s:
+        subject = s.get(Subject, sid)
+        hooks = webhooks.subscriptions(s, tenant)
+        batch = Batch(id=new_id(), tenant_id=tenant, subject_id=sid)
+        s.add(batch)
+        sa_event.listen(s.connection(), "before_cursor_execute", lambda *a: statements.append(a[2]))
+        made = [
+            lifecycle.create_render(s, tenant, subject, ref=f"line-{i}", batch_id=batch.id, hooks=hooks)
+            for i in range(50)
+        ]
+        assert statements == []  # nothing was sent while the 50 renders were made
+        s.flush()
+        assert not [q for q in statements if not q.lstrip().upper().startswith("INSERT")]  # no reads
+        if engine.dialect.name == "postgresql":  # multi-row INSERTs (SQLite's driver sends rows one by one)
+            assert len(statements) <= 8, statements  # one per table (batch, renders, stages, events)
+        ids = [r.id for r, _ in made]
+        assert all(n == [Next("render", r.id, "render")] for r, n in made)
+    with session_scope(engine) as s:
+        for rid in ids[:5]:
+            shown = lifecycle.view(s, "render", s.get(Render, rid), "")
+            sent = s.scalars(select(Event).where(Event.resource_id == rid)).one()
+            assert sent.type == "render.queued" and sent.data == shown
+        assert s.scalar(select(func.count()).select_from(Stage).where(Stage.render_id.in_(ids))) == 50
+
+
+def test_stages_sent_together_all_reach_their_queue():
+    """``send_stages`` pipelines many tasks through one producer (kombu's publish batch on Redis)."""
+    url = os.environ.get("SYNCTALK_TEST_REDIS_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must provide SYNCTALK_TEST_REDIS_URL (.ci/run sets it)")
+        pytest.skip("SYNCTALK_TEST_REDIS_URL not set")
+    import json
+
+    import redis
+
+    from shared.queue.app import make_celery, send_stages
+
+    r = redis.Redis.from_url(url)
+    r.delete("gpu", "cpu")
+    try:
+        app = make_celery(Settings(broker_url=url))
+        ids = send_stages(app, [("render", f"job-{i}", "render") for i in range(1203)])  # > one pipeline
+        assert len(set(ids)) == 1203 and r.llen("gpu") == 1203 and r.llen("cpu") == 0
+        first = json.loads(r.rpop("gpu"))
+        assert first["headers"]["argsrepr"] == "['render', 'job-0', 'render']"  # in the order sent
+    finally:
+        r.delete("gpu", "cpu")

@@ -14,11 +14,11 @@ from services.api.intake import AUDIO, checked_upload
 from services.api.problems import ApiProblem
 from services.api.routers.renders import check_mode
 from services.api.routers.subjects import get_owned as get_subject
-from shared.db.models import Batch, Render, utcnow
+from shared.db.models import Batch, Render, new_id, utcnow
 from shared.db.session import tenant_scoped
 from shared.db.states import JobState
 from shared.errors import SyncTalkError
-from shared.jobs import lifecycle
+from shared.jobs import lifecycle, webhooks
 from shared.jobs.views import rfc3339
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -51,10 +51,14 @@ async def create_batch(
         subject = get_subject(session, tenant.id, body.subject_id)
         # every item is checked before anything is written (checking an upload commits its verdict):
         # one bad item refuses the whole batch, and nothing is created
-        uploads = []
+        uploads, checked = [], {}  # one check per distinct upload (a batch may reuse one file)
         for i, item in enumerate(body.items):
             try:
-                uploads.append(checked_upload(platform, session, tenant.id, item.upload_id, AUDIO))
+                if item.upload_id not in checked:
+                    checked[item.upload_id] = checked_upload(
+                        platform, session, tenant.id, item.upload_id, AUDIO
+                    )
+                uploads.append(checked[item.upload_id])
                 check_mode(item.mode)
             except ApiProblem as exc:  # say which item
                 raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
@@ -62,14 +66,14 @@ async def create_batch(
                 exc.message = f"items[{i}]: {exc.message}"
                 exc.args = (exc.message,)
                 raise
-        batch = Batch(tenant_id=tenant.id, subject_id=subject.id)
+        batch = Batch(id=new_id(), tenant_id=tenant.id, subject_id=subject.id)
         session.add(batch)
-        session.flush()
+        hooks = webhooks.subscriptions(session, tenant.id)
         out, nxt = [], []
-        for item, upload in zip(body.items, uploads, strict=True):
+        for item, upload in zip(body.items, uploads, strict=True):  # no query per item: one INSERT per table
             render, more = lifecycle.create_render(
                 session, tenant.id, subject, mode=item.mode, start_frame=item.start_frame, ref=item.ref,
-                upload_id=upload.id, audio_key=upload.storage_key, batch_id=batch.id,
+                upload_id=upload.id, audio_key=upload.storage_key, batch_id=batch.id, hooks=hooks,
             )  # fmt: skip
             out.append({"id": render.id, "ref": item.ref})
             nxt += more
