@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 600
     """Requests per tenant per minute on /v1 (429 with Retry-After beyond it)."""
 
+    api_db_sessions: int = Field(default=30, ge=1)
+    """Requests of one API process that hold a database session at once (the rest wait their turn); keep
+    it below the connection pool (40 on PostgreSQL) so their queries never wait for a connection."""
+
     api_key_cache_s: float = 5.0
     """How long an API process trusts a key it verified; a revoked key stops working within this time
     (0: check the database on every request)."""

@@ -5,6 +5,7 @@ upload, the model code never (the API sends tasks by name).
 
 from __future__ import annotations
 
+import anyio
 from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
@@ -32,6 +33,7 @@ def make_platform(settings: Settings) -> Platform:
         celery=make_celery(settings),
         sessions=sessionmaker(engine, expire_on_commit=False),
         verified_keys=VerifiedKeys(ttl_s=settings.api_key_cache_s),
+        session_slots=anyio.CapacityLimiter(settings.api_db_sessions),
     )
 
 

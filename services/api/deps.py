@@ -8,10 +8,12 @@ query to it: another tenant's resource answers exactly like a missing one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,6 +35,7 @@ class Platform:
     celery: object  # celery.Celery (sends tasks by name)
     sessions: sessionmaker
     verified_keys: VerifiedKeys = field(default_factory=lambda: VerifiedKeys(ttl_s=0))
+    session_slots: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(30))
 
     @property
     def base_url(self) -> str:
@@ -52,17 +55,35 @@ async def get_platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
+# Threads of their own for giving connections back. On the shared thread pool a close waits behind
+# routes blocked on an empty connection pool, which only closes refill: 40 requests deadlocked the API
+# at 200 requests/s (bench/api.py). A close never waits for a connection, so these few always move.
+_RELEASE = anyio.CapacityLimiter(8)
+
+
+async def release(fn: Callable[[], object]) -> None:
+    """Run ``fn`` (a session's close or rollback) off the event loop, on the release threads, and to
+    its end even when the request is cancelled (a client gone): a skipped close leaks its connection
+    idle in a transaction."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(fn, limiter=_RELEASE)
+
+
 async def get_session(platform: PlatformDep) -> AsyncIterator[Session]:
     """A session per request: committed by the route when it changes something, rolled back otherwise.
 
+    At most ``api_db_sessions`` requests hold one at a time; the others wait here, on the event loop,
+    holding nothing. Without that, 120 concurrent GETs deadlocked: 40 finished routes held every pooled
+    connection while waiting for a thread to serialize their answer, and the 40 threads waited for a
+    connection. With fewer sessions than connections, a session's queries never wait for the pool.
     Opening a session does no I/O (its connection is taken on the first query, on the route's thread);
-    closing it does (the rollback, the connection back to the pool), so only that goes to the thread
-    pool: one trip per request instead of two for a sync generator."""
-    session = platform.sessions()
-    try:
-        yield session
-    finally:
-        await run_in_threadpool(session.close)  # close() rolls back whatever was not committed
+    closing it does (the rollback, the connection back to the pool): that goes to ``release``."""
+    async with platform.session_slots:
+        session = platform.sessions()
+        try:
+            yield session
+        finally:
+            await release(session.close)  # close() rolls back whatever was not committed
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

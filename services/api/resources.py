@@ -17,6 +17,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from services.api.deps import release
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import checked_upload, store_direct
 from services.api.problems import ApiProblem
@@ -120,7 +121,7 @@ async def create_from_request(
     try:
         body, location = await run_in_threadpool(work)
     except BaseException:
-        await run_in_threadpool(session.rollback)  # I/O: never on the event loop
+        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
         await run_in_threadpool(idem.abandon)
         if stored:  # refused after the file was stored (e.g. a bad field): no row names it, drop it
             await run_in_threadpool(_drop_unrecorded, platform, stored[0])

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from gpu_worker.preprocess.report_files import REPORT_IMAGES, curves_key, report_image_key
-from services.api.deps import CurrentTenant, PlatformDep, SessionDep
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep, release
 from services.api.idempotency import Idempotency, request_hash
 from services.api.problems import ApiProblem
 from services.api.routers.renders import get_owned as get_render
@@ -125,7 +125,7 @@ async def retry_render(
     try:
         body = await run_in_threadpool(work)
     except BaseException:
-        session.rollback()
+        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
         await run_in_threadpool(idem.abandon)
         raise
     response = JSONResponse(body, status_code=202, headers={"Location": f"/v1/renders/{body['id']}"})

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import CurrentTenant, PlatformDep, SessionDep
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep, release
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import safe_filename
 from services.api.problems import ApiProblem
@@ -79,7 +79,7 @@ async def create_upload(
     try:
         result = await run_in_threadpool(work)
     except BaseException:
-        await run_in_threadpool(session.rollback)  # I/O: never on the event loop
+        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
         await run_in_threadpool(idem.abandon)
         raise
     response = JSONResponse(result, status_code=201, headers={"Location": f"/v1/uploads/{result['id']}"})
