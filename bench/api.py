@@ -132,7 +132,9 @@ def main(seconds: float, batch_total: int, workers: int) -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.3)
-            uvloop.run(_run(base, key, db_url, tmp, seconds, batch_total))  # the lighter loop, as the API runs
+            uvloop.run(
+                _run(base, key, db_url, tmp, seconds, batch_total)
+            )  # the lighter loop, as the API runs
         finally:
             if api is not None:
                 api.terminate()
