@@ -11,12 +11,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
 
+# 40 connections, as many as the API's thread pool has threads and more than the requests that may hold
+# a session at once (``api_db_sessions``, 30): with 15 (the default) a burst of requests deadlocked the
+# pool. Idle ones are closed back to 10.
+POOL = {"pool_size": 10, "max_overflow": 30, "pool_timeout": 30}
+
 
 def make_engine(settings: Settings) -> Engine:
     url = settings.resolved_database_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **POOL)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(
@@ -28,9 +33,7 @@ def make_engine(settings: Settings) -> Engine:
             cur.close()
 
         return engine
-    # as many connections as the API's thread pool has threads (40): a request waiting for a pooled
-    # connection behind 15 busy ones (the default) timed out under load; idle ones are closed back to 10
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=30)
+    return create_engine(url, pool_pre_ping=True, **POOL)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Many requests at once on PostgreSQL: every one is answered, none waits for a pooled connection that
+"""Many requests at once, on PostgreSQL and on the embedded SQLite: every one is answered, none waits for a pooled connection that
 a finished request still holds. (Before the session slots, 120 concurrent GETs deadlocked: 40 finished
 routes held all 40 connections while waiting for a thread to serialize their answer, and the 40
 threads waited for a connection.)"""
@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import nullcontext
 
 import httpx
+import pytest
 from api_helpers import make_api, new_render, new_subject, postgres_url
 
 
-def test_hundreds_of_concurrent_reads_are_all_answered_with_a_pool_of_40(tmp_path):
-    with postgres_url() as url:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_hundreds_of_concurrent_reads_are_all_answered_with_a_pool_of_40(tmp_path, database):
+    with postgres_url() if database == "postgres" else nullcontext(None) as url:
         api = make_api(tmp_path, url)
         try:
             platform = api.app.state.platform
