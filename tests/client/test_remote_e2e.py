@@ -91,10 +91,16 @@ def test_remote_render_and_download_over_a_partial_file(platform, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     render_id = run.stdout.strip().splitlines()[-1]
     first = (tmp_path / "v" / "hello.mp4").read_bytes()
-    # a part left by an interrupted download: the local storage route ignores Range (200), so the client
-    # writes the whole file again from its start, and the result is exact
+    # a part left by an interrupted download: the client asks for the rest (Range) and appends it
     dest = tmp_path / "again.mp4"
-    Path(str(dest) + ".part").write_bytes(first[: len(first) // 2] + b"garbage")
+    half = len(first) // 2
+    Path(str(dest) + ".part").write_bytes(first[:half])
     got = remote(platform["env"], "download", render_id, "--out", str(dest))
     assert got.returncode == 0, got.stderr
     assert dest.read_bytes() == first and not Path(str(dest) + ".part").exists()
+    # and the first half really was kept, not fetched again: a part of zeros stays zeros
+    marked = tmp_path / "marked.mp4"
+    Path(str(marked) + ".part").write_bytes(bytes(half))
+    got = remote(platform["env"], "download", render_id, "--out", str(marked))
+    assert got.returncode == 0, got.stderr
+    assert marked.read_bytes() == bytes(half) + first[half:]

@@ -76,7 +76,10 @@ def test_dataset_follows_the_contract(dataset):
     assert m["audio_level"] == audio_mod.LEVEL_NORM
     recorded = np.asarray(load_audio(ds / "audio.wav", rate=16000), np.float32).reshape(-1)
     leveled, _ = audio_mod.normalize_level(recorded)
-    assert np.abs(mel - audio_mod.log_mel(leveled)).max() < 0.05  # audio.wav is 16-bit: tiny rounding
+    # audio.wav is 16-bit: its rounding moves the log-mel slightly, most in the quietest bins (up to 0.063
+    # seen in one bin of 25,680 for a near-silent frame); the bulk must agree far closer than that
+    err = np.abs(mel - audio_mod.log_mel(leveled))
+    assert err.max() < 0.15 and np.percentile(err, 99) < 0.02 and err.mean() < 0.005
     t = json.loads((ds / "transforms_train.json").read_text())
     assert [f["index"] for f in t["frames"]] == train and np.array(
         t["frames"][0]["transform_matrix"]
