@@ -11,6 +11,7 @@ POSTs, a second connection waited for while holding the first exhausted the pool
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,7 +19,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from services.api.deps import release
 from services.api.problems import ApiProblem
 from shared.db.models import IdempotencyKey, utcnow
 
@@ -98,9 +101,29 @@ class Idempotency:
                 self.session.commit()
         return response
 
+    async def run(
+        self, digest: str, work: Callable[[], tuple[dict, str]], *, status: int,
+        on_error: Callable[[], None] | None = None,
+    ) -> JSONResponse:  # fmt: skip
+        """One POST under its key: the original answer when replayed; else ``work()`` (on the thread
+        pool) -> (the resource, its Location), answered with ``status`` and recorded. On any failure the
+        session is rolled back, the key freed for a retry, then ``on_error()`` cleans up."""
+        replay = await run_in_threadpool(self.begin, digest)
+        if replay is not None:
+            return replay
+        try:
+            body, location = await run_in_threadpool(work)
+        except BaseException:
+            await release(self.abandon)  # rollback and free the key, off the loop, never behind a full pool
+            if on_error is not None:
+                await run_in_threadpool(on_error)
+            raise
+        response = JSONResponse(body, status_code=status, headers={"Location": location})
+        return await run_in_threadpool(self.complete, response, body)
+
     def abandon(self) -> None:
+        self.session.rollback()  # whatever the failed request left pending
         if self.key is not None:
-            self.session.rollback()  # whatever the failed request left pending
             self.session.execute(
                 delete(IdempotencyKey).where(
                     IdempotencyKey.tenant_id == self.tenant_id,

@@ -11,13 +11,11 @@ import hashlib
 from collections.abc import Callable
 
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from services.api.deps import release
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import checked_upload, store_direct
 from services.api.problems import ApiProblem
@@ -104,10 +102,6 @@ async def create_from_request(
     file_digest = await run_in_threadpool(_file_digest, part) if part is not None else ""
     digest = request_hash(request.method, request.url.path, repr(sorted(fields.items())), file_digest)
     idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
-    replay = await run_in_threadpool(idem.begin, digest)
-    if replay is not None:
-        return replay
-
     stored: list[str] = []  # the storage key of a direct upload, once its file is stored
 
     def work() -> tuple[dict, str]:
@@ -118,16 +112,11 @@ async def create_from_request(
             upload = checked_upload(platform, session, tenant.id, fields["upload_id"], kind)
         return build(fields, upload)
 
-    try:
-        body, location = await run_in_threadpool(work)
-    except BaseException:
-        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
-        await run_in_threadpool(idem.abandon)
-        if stored:  # refused after the file was stored (e.g. a bad field): no row names it, drop it
-            await run_in_threadpool(_drop_unrecorded, platform, stored[0])
-        raise
-    response = JSONResponse(body, status_code=202, headers={"Location": location})
-    return await run_in_threadpool(idem.complete, response, body)
+    def drop_stored() -> None:  # refused after the file was stored (e.g. a bad field): no row names it
+        if stored:
+            _drop_unrecorded(platform, stored[0])
+
+    return await idem.run(digest, work, status=202, on_error=drop_stored)
 
 
 def _drop_unrecorded(platform, storage_key: str) -> None:

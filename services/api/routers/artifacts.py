@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gpu_worker.preprocess.report_files import REPORT_IMAGES, curves_key, report_image_key
-from services.api.deps import CurrentTenant, PlatformDep, SessionDep, release
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
 from services.api.problems import ApiProblem
 from services.api.routers.renders import get_owned as get_render
@@ -96,14 +96,11 @@ async def retry_render(
     """A failed or canceled render: a new render of the same speech, subject, mode and start frame
     (202, the new render, ``Location``; ``retry_of`` names the original). 409 ``not_retryable`` for a
     render still running or already succeeded."""
-    original = get_render(session, tenant.id, render_id)
+    original = await run_in_threadpool(get_render, session, tenant.id, render_id)  # never on the loop
     digest = request_hash(request.method, request.url.path)
     idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
-    replay = await run_in_threadpool(idem.begin, digest)
-    if replay is not None:
-        return replay
 
-    def work() -> dict:
+    def work() -> tuple[dict, str]:
         if original.status not in RETRYABLE:
             raise ApiProblem(
                 409, "not_retryable",
@@ -120,13 +117,7 @@ async def retry_render(
         )  # fmt: skip
         session.commit()
         platform.send(nxt)
-        return {**lifecycle.view(session, JobKind.render, render, platform.base_url), "retry_of": original.id}
+        body = {**lifecycle.view(session, JobKind.render, render, platform.base_url), "retry_of": original.id}
+        return body, f"/v1/renders/{render.id}"
 
-    try:
-        body = await run_in_threadpool(work)
-    except BaseException:
-        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
-        await run_in_threadpool(idem.abandon)
-        raise
-    response = JSONResponse(body, status_code=202, headers={"Location": f"/v1/renders/{body['id']}"})
-    return await run_in_threadpool(idem.complete, response, body)
+    return await idem.run(digest, work, status=202)

@@ -6,9 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
-from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import CurrentTenant, PlatformDep, SessionDep, release
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import AUDIO, checked_upload
 from services.api.problems import ApiProblem
@@ -43,11 +42,8 @@ async def create_batch(
 ) -> JSONResponse:
     digest = request_hash("POST", request.url.path, body.model_dump_json())
     idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
-    replay = await run_in_threadpool(idem.begin, digest)
-    if replay is not None:
-        return replay
 
-    def work() -> dict:
+    def work() -> tuple[dict, str]:
         subject = get_subject(session, tenant.id, body.subject_id)
         # every item is checked before anything is written (checking an upload commits its verdict):
         # one bad item refuses the whole batch, and nothing is created
@@ -79,16 +75,14 @@ async def create_batch(
             nxt += more
         session.commit()
         platform.send(nxt)
-        return {"id": batch.id, "object": "batch", "subject_id": subject.id, "renders": out}
+        return {
+            "id": batch.id,
+            "object": "batch",
+            "subject_id": subject.id,
+            "renders": out,
+        }, f"/v1/batches/{batch.id}"
 
-    try:
-        result = await run_in_threadpool(work)
-    except BaseException:
-        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
-        await run_in_threadpool(idem.abandon)
-        raise
-    response = JSONResponse(result, status_code=202, headers={"Location": f"/v1/batches/{result['id']}"})
-    return await run_in_threadpool(idem.complete, response, result)
+    return await idem.run(digest, work, status=202)
 
 
 @router.get("/{batch_id}", summary="A batch: its renders counted by status")

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import CurrentTenant, PlatformDep, SessionDep, release
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import safe_filename
 from services.api.problems import ApiProblem
@@ -50,11 +49,8 @@ async def create_upload(
         )
     digest = request_hash("POST", request.url.path, body.model_dump_json())
     idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
-    replay = await run_in_threadpool(idem.begin, digest)
-    if replay is not None:
-        return replay
 
-    def work() -> dict:
+    def work() -> tuple[dict, str]:
         expires = utcnow() + timedelta(seconds=settings.upload_expiry_s)
         upload = Upload(
             tenant_id=tenant.id, filename=safe_filename(body.filename), content_type=content_type,
@@ -74,16 +70,9 @@ async def create_upload(
             "method": signed.method,
             "headers": signed.headers,
             "expires_at": rfc3339(signed.expires_at),
-        }
+        }, f"/v1/uploads/{upload.id}"
 
-    try:
-        result = await run_in_threadpool(work)
-    except BaseException:
-        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
-        await run_in_threadpool(idem.abandon)
-        raise
-    response = JSONResponse(result, status_code=201, headers={"Location": f"/v1/uploads/{result['id']}"})
-    return await run_in_threadpool(idem.complete, response, result)
+    return await idem.run(digest, work, status=201)
 
 
 @router.get("/{upload_id}", summary="An upload: its size, and whether it was received and checked")

@@ -7,9 +7,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
-from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import CurrentTenant, PlatformDep, SessionDep, release
+from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
 from services.api.pagination import Cursor, Limit, next_cursor, page
 from services.api.problems import ApiProblem
@@ -62,11 +61,8 @@ async def create_webhook(
     url, patterns = _validated(body)
     digest = request_hash("POST", request.url.path, body.model_dump_json())
     idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
-    replay = await run_in_threadpool(idem.begin, digest)
-    if replay is not None:
-        return replay
 
-    def work() -> dict:
+    def work() -> tuple[dict, str]:
         count = session.scalar(
             select(func.count()).select_from(Webhook).where(Webhook.tenant_id == tenant.id)
         )
@@ -77,16 +73,9 @@ async def create_webhook(
         row = Webhook(tenant_id=tenant.id, url=url, events=patterns, secret=webhooks.new_secret())
         session.add(row)
         session.commit()
-        return {**webhook_view(row), "secret": row.secret}
+        return {**webhook_view(row), "secret": row.secret}, f"/v1/webhooks/{row.id}"
 
-    try:
-        result = await run_in_threadpool(work)
-    except BaseException:
-        await release(session.rollback)  # I/O: never on the event loop, never behind a full pool
-        await run_in_threadpool(idem.abandon)
-        raise
-    response = JSONResponse(result, status_code=201, headers={"Location": f"/v1/webhooks/{result['id']}"})
-    return await run_in_threadpool(idem.complete, response, result)
+    return await idem.run(digest, work, status=201)
 
 
 def get_owned(session, tenant_id: str, webhook_id: str) -> Webhook:
