@@ -29,6 +29,7 @@ from api_helpers import (
     run_job,
     served,
 )
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 
 from services.api.routers import events as events_router
@@ -208,6 +209,47 @@ def test_stream_waits_for_an_earlier_event_that_is_still_committing(tmp_path, mo
                 assert stream.take(1, timeout=5)[0]["data"]["note"] == "after the gap"
         finally:
             api.close()
+
+
+@pytest.mark.parametrize("commits_after", [1, 2, 3])
+def test_filtered_stream_never_skips_an_event_that_commits_between_its_queries(
+    tmp_path, database_url, commits_after
+):
+    """A filtered read is two statements (the events that match, then how far to skip when none do). An
+    event for the filtered render that commits between or around them must still be delivered: the
+    stream may skip unmatched events, never past one it did not see (the race CI once hit)."""
+    api = make_api(tmp_path, database_url)
+    platform = api.platform
+    ann = new_subject(platform, api.tenant_id, "Ann")
+    render = new_render(platform, api.tenant_id, ann)
+    after = newest_event_id(platform)
+    new_subject(platform, api.tenant_id, "unmatched")  # something the filtered stream skips past
+    filters = events_router.Filters(api.tenant_id, None, render, None)
+    reads_of_events, emitted = 0, []
+
+    def commit_a_matching_event(conn, cursor, statement, *args):
+        nonlocal reads_of_events
+        if not statement.lstrip().upper().startswith("SELECT") or "events" not in statement:
+            return
+        reads_of_events += 1
+        if reads_of_events == commits_after:
+            with platform.sessions() as s:
+                lifecycle.emit(s, "render", s.get(Render, render), status_changed=False)
+                s.commit()
+            emitted.append(newest_event_id(platform))
+
+    sqlalchemy_event.listen(platform.engine, "after_cursor_execute", commit_a_matching_event)
+    try:
+        delivered: list[int] = []
+        for _ in range(4):  # the stream's loop: read, send what matched, or skip as told
+            rows, complete, skip_to = events_router._read(platform, filters, after, check_gaps=False)
+            assert complete
+            delivered += [event_id for event_id, _ in rows]
+            after = rows[-1][0] if rows else max(after, skip_to)
+    finally:
+        sqlalchemy_event.remove(platform.engine, "after_cursor_execute", commit_a_matching_event)
+    assert len(emitted) == 1, "the matching event was committed mid-read"
+    assert delivered == emitted
 
 
 # --- webhooks: the API ------------------------------------------------------------------------------

@@ -48,8 +48,11 @@ class Filters:
     def filtered(self) -> bool:
         return bool(self.subject_id or self.render_id or self.batch_id)
 
-    def query(self, after: int) -> Select:
-        stmt = select(Event.id, Event.data).where(Event.tenant_id == self.tenant_id, Event.id > after)
+    def query(self, after: int, upto: int) -> Select:
+        """The matching events with ids in ``(after, upto]``, oldest first, a batch at most."""
+        stmt = select(Event.id, Event.data).where(
+            Event.tenant_id == self.tenant_id, Event.id > after, Event.id <= upto
+        )
         if self.subject_id:  # the subject's own events and its renders'
             renders = select(Render.id).where(
                 Render.tenant_id == self.tenant_id, Render.subject_id == self.subject_id
@@ -84,17 +87,21 @@ def _visible(s, after: int, top: int) -> bool:
 def _read(platform: Platform, filters: Filters, after: int, check_gaps: bool) -> tuple[list, bool, int]:
     """A batch of events after ``after``; whether every id in its span is visible yet; and how far the
     stream may skip when nothing matched its filters (so a filtered stream does not read the same
-    unmatched events again at every poll)."""
+    unmatched events again at every poll).
+
+    The tenant's newest id is read *before* the filtered query and bounds it: each statement sees the
+    table as of its own start, so reading the top last could take in an event that committed between
+    the two, one the filtered query never saw, and skip past it."""
     with platform.sessions() as s:
-        rows = s.execute(filters.query(after)).all()
-        if rows:
-            return rows, not check_gaps or _visible(s, after, rows[-1][0]), after
-        if not filters.filtered:
-            return rows, True, after
         top = s.scalar(
             select(func.max(Event.id)).where(Event.tenant_id == filters.tenant_id, Event.id > after)
         )
-        if top is None or (check_gaps and not _visible(s, after, top)):
+        if top is None:
+            return [], True, after
+        rows = s.execute(filters.query(after, top)).all()
+        if rows:
+            return rows, not check_gaps or _visible(s, after, rows[-1][0]), after
+        if not filters.filtered or (check_gaps and not _visible(s, after, top)):
             return rows, True, after
         return rows, True, top
 
