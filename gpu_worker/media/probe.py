@@ -15,7 +15,7 @@ from gpu_worker.media.info import AudioStreamInfo, MediaInfo, VideoStreamInfo
 from gpu_worker.media.safety import check_format_name, check_input_path
 from shared.settings import Settings, get_settings
 
-__all__ = ["AudioStreamInfo", "MediaInfo", "VideoStreamInfo", "probe"]
+__all__ = ["AudioStreamInfo", "MediaInfo", "VideoStreamInfo", "probe", "probe_head"]
 
 
 def probe(
@@ -61,7 +61,25 @@ def probe(
         raise NoVideoStreamError(f"{shown} has no video stream; a video of the person is needed.")
     if require_audio and info.audio is None:
         raise NoAudioStreamError(f"{shown} has no audio stream; speech audio is needed.")
-    _check_limits(info, settings, shown)
+    check_limits(info, settings, shown)
+    return info
+
+
+def probe_head(head: bytes, size: int, shown: str, settings: Settings | None = None) -> MediaInfo | None:
+    """``probe()``'s verdict on an audio file from its first ``HEAD_BYTES`` and its size alone, where the
+    header says everything (plain PCM WAV, see probe_wav); ``None``: run ``probe()`` on the whole file.
+    Limits are applied as ``probe()`` applies them."""
+    from gpu_worker.media.probe_wav import probe_wav_header
+
+    settings = settings or get_settings()
+    info = probe_wav_header(head, size, shown)
+    if info is None:
+        return None
+    if size > settings.media_max_bytes:
+        raise MediaTooLargeError(
+            f"{shown} is {size / 1e6:.1f} MB; the limit is {settings.media_max_bytes / 1e6:.1f} MB."
+        )
+    check_limits(info, settings, shown)
     return info
 
 
@@ -75,7 +93,7 @@ def _check_dims(width: int, height: int, settings: Settings, shown: str) -> None
         )
 
 
-def _check_limits(info: MediaInfo, settings: Settings, shown: str) -> None:
+def check_limits(info: MediaInfo, settings: Settings, shown: str) -> None:
     if info.duration_s > settings.media_max_duration_s:
         raise MediaTooLargeError(
             f"{shown} lasts {info.duration_s:.1f} s; the limit is {settings.media_max_duration_s:.0f} s."

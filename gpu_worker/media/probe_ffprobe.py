@@ -44,7 +44,8 @@ def probe_ffprobe(
                 f"{shown} looks like an MP4/MOV file but is incomplete (truncated?)."
             ) from None
         raise
-    data = json.loads(out or b"{}")
+    # tags are the file's own bytes, not always UTF-8 (a hostile or corrupted INFO chunk)
+    data = json.loads((out or b"{}").decode("utf-8", "replace"))
     timestamps: list[int] = []
     vjson = _first(data, "video")
     if vjson is not None:

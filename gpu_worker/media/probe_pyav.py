@@ -28,7 +28,7 @@ def probe_pyav(p: Path, shown: str, check_dims: Callable[[int, int], None]) -> M
     import av
 
     try:
-        container = av.open(str(p), options=dict(SAFE_INPUT_OPTIONS), timeout=30.0)
+        container = av.open(str(p), options=dict(SAFE_INPUT_OPTIONS), timeout=30.0, metadata_errors="replace")
     except av.error.FFmpegError as exc:
         raise _open_error(p, shown, exc) from None
     with container:
@@ -101,7 +101,9 @@ def check_complete(p: Path, shown: str) -> None:
     """Completeness check on its own (the ffprobe backend uses it for MP4/MOV files)."""
     import av
 
-    with av.open(str(p), options=dict(SAFE_INPUT_OPTIONS), timeout=30.0) as container:
+    with av.open(
+        str(p), options=dict(SAFE_INPUT_OPTIONS), timeout=30.0, metadata_errors="replace"
+    ) as container:
         _check_complete(container, p, shown)
 
 

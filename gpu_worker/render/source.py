@@ -92,7 +92,12 @@ class SourceVideo:
         # Frames kept per decode run: the cache's capacity, so a backward window never evicts itself.
         self._window = max(1, cache_bytes // (self.width * self.height * 3))
         try:
-            self._container = av.open(self.info.path, options=dict(SAFE_INPUT_OPTIONS), timeout=self._timeout)
+            self._container = av.open(
+                self.info.path,
+                options=dict(SAFE_INPUT_OPTIONS),
+                timeout=self._timeout,
+                metadata_errors="replace",
+            )
         except av.error.FFmpegError as exc:
             raise self._error("cannot be opened", exc) from None
         try:
