@@ -182,6 +182,14 @@ class Storage(ABC):
         with self.open_read(key) as fh:
             return fh.read()
 
+    def read_head(self, key: str, n: int) -> tuple[bytes, int]:
+        """The first ``n`` bytes stored at ``key`` (fewer when it is shorter) and its whole size, in one
+        request where the backend allows (checking an upload's header without fetching all of it).
+        :class:`NotFoundError` when missing."""
+        with self.open_read(key) as fh:
+            head = fh.read(n)
+        return head, self.size(key)
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 

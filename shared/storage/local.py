@@ -161,6 +161,10 @@ class LocalStorage(Storage):
     def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
         return self._open(key)
 
+    def read_head(self, key: str, n: int) -> tuple[bytes, int]:
+        with self._open(key) as fh:
+            return fh.read(max(n, 0)), os.fstat(fh.fileno()).st_size
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

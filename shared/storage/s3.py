@@ -250,6 +250,27 @@ class S3Storage(Storage):
     def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
         return self._open(key)
 
+    def read_head(self, key: str, n: int) -> tuple[bytes, int]:
+        # one ranged GET: the bytes, and the size from Content-Range ("bytes 0-99/1234")
+        if n <= 0:
+            return b"", self.size(key)
+        full = self._full(key)
+        self._ensure_bucket()
+        with self._mapped(key):
+            try:
+                got = self._client.get_object(Bucket=self.bucket, Key=full, Range=f"bytes=0-{n - 1}")
+            except bx.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                    raise
+                return b"", self.size(key)  # an empty object: no byte satisfies the range
+            body = got["Body"]
+            try:
+                head = body.read()
+            finally:
+                body.close()
+        total = str(got.get("ContentRange") or "").rpartition("/")[2]
+        return head, int(total) if total.isdigit() else int(got["ContentLength"])
+
     def _head(self, key: str) -> dict:
         full = self._full(key)
         self._ensure_bucket()

@@ -74,6 +74,17 @@ def test_file_stream_and_bytes_round_trip(storage: Storage, tmp_path: Path) -> N
     assert not (tmp_path / "x").exists()
 
 
+def test_read_head_gives_the_first_bytes_and_the_whole_size(storage: Storage) -> None:
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    storage.put_bytes("t/h/track.wav", data)
+    storage.put_bytes("t/h/empty", b"")
+    assert storage.read_head("t/h/track.wav", 100) == (data[:100], len(data))
+    assert storage.read_head("t/h/track.wav", 1 << 20) == (data, len(data))  # more than there is
+    assert storage.read_head("t/h/empty", 64) == (b"", 0)
+    with pytest.raises(NotFoundError):
+        storage.read_head("t/h/missing", 64)
+
+
 def test_list_delete_and_delete_prefix(storage: Storage) -> None:
     for key in ("a/1.txt", "a/2.txt", "a/sub/3.txt", "ab/4.txt", "b.txt"):
         storage.put_bytes(key, key.encode())
