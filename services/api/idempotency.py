@@ -102,7 +102,7 @@ class Idempotency:
         return response
 
     async def run(
-        self, digest: str, work: Callable[[], tuple[dict, str]], *, status: int,
+        self, digest: str, work: Callable[[], tuple[dict, str | None]], *, status: int,
         on_error: Callable[[], None] | None = None,
     ) -> JSONResponse:  # fmt: skip
         """One POST under its key: the original answer when replayed; else ``work()`` (on the thread
@@ -118,7 +118,9 @@ class Idempotency:
             if on_error is not None:
                 await run_in_threadpool(on_error)
             raise
-        response = JSONResponse(body, status_code=status, headers={"Location": location})
+        response = JSONResponse(
+            body, status_code=status, headers={"Location": location} if location else None
+        )
         return await run_in_threadpool(self.complete, response, body)
 
     def abandon(self) -> None:

@@ -12,6 +12,9 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,9 +25,11 @@ from services.api.problems import ApiProblem
 from shared.db.models import Upload, utcnow
 from shared.errors import SyncTalkError
 from shared.jobs import keys
+from shared.storage import NotFoundError
 
 CHUNK = 1 << 20
 VIDEO, AUDIO = "video", "audio"
+CHECK_THREADS = 8  # uploads inspected at once (each waits on storage, and on a probe for non-WAV files)
 
 
 def safe_filename(name: str | None) -> str:
@@ -52,9 +57,15 @@ def save_part(part: UploadFile, folder: Path, max_bytes: int) -> tuple[Path, int
 
 def probe_media(path: Path, kind: str, settings, shown: str) -> dict:
     """The media layer's verdict on a local file: its description, or a typed error (problem JSON)."""
-    from gpu_worker.media.probe import probe
+    from gpu_worker.media.probe import probe, probe_head
+    from gpu_worker.media.probe_wav import HEAD_BYTES
     from gpu_worker.preprocess.errors import ClipTooShortError
 
+    if kind == AUDIO:  # a plain WAV is described by its header: no subprocess
+        with open(path, "rb") as fh:
+            info = probe_head(fh.read(HEAD_BYTES), os.fstat(fh.fileno()).st_size, shown, settings)
+        if info is not None:
+            return _described(info)
     # the probe names the file in its messages: give it the client's name, not our temp path (some
     # messages name the whole path it was given: that is cut down to the name too)
     with tempfile.TemporaryDirectory() as d:
@@ -72,9 +83,7 @@ def probe_media(path: Path, kind: str, settings, shown: str) -> dict:
             f"{shown} lasts {info.video.duration_s:.1f} s; a subject needs at least "
             f"{settings.min_train_seconds:g} s of the person talking (3 to 10 minutes is best)"
         )
-    data = info.to_dict()
-    data.pop("path", None)  # a server path is nobody's business
-    return data
+    return _described(info)
 
 
 def store_direct(platform, session, tenant_id: str, part: UploadFile, kind: str) -> Upload:
@@ -96,50 +105,122 @@ def store_direct(platform, session, tenant_id: str, part: UploadFile, kind: str)
     return upload
 
 
-def checked_upload(platform, session, tenant_id: str, upload_id: str, kind: str) -> Upload:
-    """A presigned upload named by id: the tenant's own, complete, and probed (once: the verdict is
-    kept on the row)."""
-    upload = session.scalars(
-        select(Upload).where(Upload.tenant_id == tenant_id, Upload.id == upload_id)
-    ).first()
-    if upload is None:
-        raise ApiProblem(404, "upload_not_found", f"There is no upload {upload_id!r}.")
-    if upload.status == "refused":
-        raise ApiProblem(
-            422, "upload_refused", "This upload was refused when it was checked; upload the file again."
-        )
-    if upload.status == "received" and upload.probe is not None:
-        _check_kind(upload, kind, platform.settings)
-        return upload
-    if not platform.storage.exists(upload.storage_key):
-        raise ApiProblem(
-            422, "upload_incomplete", f"Upload {upload_id} has no data yet: PUT the file to its URL first."
-        )
-    # The verdict is kept on the row and committed at once: call this before the request writes
-    # anything else. It is about the file, not this use of it (an audio file refused as a subject's
-    # video makes a fine speech track): whatever no use can take is refused for good, the rest is
-    # checked for this use by _check_kind, now and at every later use.
-    stored = platform.storage.size(upload.storage_key)
-    if stored < upload.bytes:  # an interrupted PUT: the client may send the rest again
-        raise ApiProblem(
-            422, "upload_incomplete",
-            f"Upload {upload_id} holds {stored} of the {upload.bytes} bytes announced: PUT the whole file again.",
-        )  # fmt: skip
-    from gpu_worker.media.errors import MediaError
+@dataclass
+class Verdict:
+    """What inspecting one stored upload found: its description, or why it cannot be used (yet)."""
 
-    with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
-        local = platform.storage.get_file(upload.storage_key, Path(d) / "upload")
-        try:
-            upload.probe = probe_media(local, AUDIO, platform.settings, upload.filename)
-        except MediaError:  # the file itself is unusable (a storage or timeout hiccup is not its fault)
+    probe: dict | None = None  # the file's description: it is received
+    size: int = 0  # bytes stored
+    refusal: SyncTalkError | None = None  # the file itself is unusable: refused for good
+    problem: ApiProblem | None = None  # not (all) there yet: nothing is recorded, the client may PUT again
+
+
+def inspect(platform, upload_id: str, storage_key: str, announced: int, filename: str) -> Verdict:
+    """Check one stored upload: its header alone where that says everything (a plain WAV), else the
+    whole file fetched and probed. No session: safe on a thread of its own."""
+    from gpu_worker.media.errors import MediaError
+    from gpu_worker.media.probe import probe_head
+    from gpu_worker.media.probe_wav import HEAD_BYTES
+
+    incomplete = f"Upload {upload_id} has no data yet: PUT the file to its URL first."
+    try:
+        head, stored = platform.storage.read_head(storage_key, HEAD_BYTES)
+    except NotFoundError:
+        return Verdict(problem=ApiProblem(422, "upload_incomplete", incomplete))
+    if stored < announced:  # an interrupted PUT: the client may send the rest again
+        return Verdict(problem=ApiProblem(
+            422, "upload_incomplete",
+            f"Upload {upload_id} holds {stored} of the {announced} bytes announced: PUT the whole file again.",
+        ))  # fmt: skip
+    try:
+        info = probe_head(head, stored, filename, platform.settings)
+        if info is not None:
+            return Verdict(probe=_described(info), size=stored)
+        with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
+            local = platform.storage.get_file(storage_key, Path(d) / "upload")
+            return Verdict(probe=probe_media(local, AUDIO, platform.settings, filename), size=stored)
+    except MediaError as exc:  # the file itself is unusable (a storage hiccup is not its fault: raised)
+        return Verdict(refusal=exc, size=stored)
+    except NotFoundError:  # deleted between the two reads
+        return Verdict(problem=ApiProblem(422, "upload_incomplete", incomplete))
+
+
+def checked_uploads(
+    platform, session, tenant_id: str, upload_ids: list[str], kind: str
+) -> dict[str, Upload | Exception]:
+    """Presigned uploads named by id, each the tenant's own, complete and probed, or the error that says
+    why not. One query for the rows; the ones not checked before are inspected in parallel (their
+    fetches and probes wait on storage and subprocesses) and their verdicts committed together, at once:
+    call this before the request writes anything else. A verdict is about the file, not this use of it
+    (an audio file refused as a subject's video makes a fine speech track): whatever no use can take is
+    refused for good, the rest is checked for this use by _check_kind, now and at every later use."""
+    ids = list(dict.fromkeys(upload_ids))
+    rows = {
+        u.id: u
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500))
+        for u in session.scalars(select(Upload).where(Upload.tenant_id == tenant_id, Upload.id.in_(chunk)))
+    }
+    new = [u for u in rows.values() if u.status != "refused" and not (u.status == "received" and u.probe)]
+    verdicts = dict(zip(
+        (u.id for u in new),
+        _pool().map(lambda u: inspect(platform, u.id, u.storage_key, u.bytes, u.filename), new),
+        strict=True,
+    ))  # fmt: skip
+    for upload in new:
+        v = verdicts[upload.id]
+        if v.refusal is not None:
             upload.status = "refused"
-            session.commit()
-            raise
-    upload.status = "received"
-    upload.bytes = platform.storage.size(upload.storage_key)
-    session.commit()
-    _check_kind(upload, kind, platform.settings)
-    return upload
+        elif v.probe is not None:
+            upload.status, upload.probe, upload.bytes = "received", v.probe, v.size
+    if any(v.problem is None for v in verdicts.values()):
+        session.commit()
+
+    out: dict[str, Upload | Exception] = {}
+    for upload_id in ids:
+        upload, v = rows.get(upload_id), verdicts.get(upload_id)
+        try:
+            if upload is None:
+                raise ApiProblem(404, "upload_not_found", f"There is no upload {upload_id!r}.")
+            if v is not None and (v.problem or v.refusal):
+                raise v.problem or v.refusal
+            if upload.status == "refused":
+                raise ApiProblem(
+                    422,
+                    "upload_refused",
+                    "This upload was refused when it was checked; upload the file again.",
+                )
+            _check_kind(upload, kind, platform.settings)
+            out[upload_id] = upload
+        except (ApiProblem, SyncTalkError) as exc:
+            out[upload_id] = exc
+    return out
+
+
+def checked_upload(platform, session, tenant_id: str, upload_id: str, kind: str) -> Upload:
+    """One presigned upload, checked (see checked_uploads); its error raised."""
+    got = checked_uploads(platform, session, tenant_id, [upload_id], kind)[upload_id]
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads that inspect uploads, shared by all requests (a batch of 1000 new files uses them all)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="upload-check")
+        return _POOL
+
+
+def _described(info) -> dict:
+    data = info.to_dict()
+    data.pop("path", None)  # a server path is nobody's business
+    return data
 
 
 def _check_kind(upload: Upload, kind: str, settings) -> None:

@@ -9,16 +9,18 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+import wave
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from api_helpers import Api, make_api, new_render, new_subject, postgres_url, run_job
 from sqlalchemy import func, select, update
 
 from gpu_worker.media.binaries import ffmpeg_exe
-from shared.db.models import Batch, Render, Subject
+from shared.db.models import Batch, Render, Subject, Upload
 from shared.jobs import keys, lifecycle
 from shared.queue.stages import QUEUES
 
@@ -379,6 +381,75 @@ def test_a_batch_with_one_bad_item_creates_nothing(api, media, bad: str):
     # the good items still make a batch once the bad one is gone
     r = client.post("/v1/batches", json={"subject_id": subject_id, "items": items[:2]})
     assert r.status_code == 202 and count(api, Render) == 2 and queued(api) == 2
+
+
+def wav(seconds: float, pitch: float, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (0.3 * np.sin(2 * np.pi * pitch * t) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate), w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def test_many_uploads_in_one_call_in_order_all_or_nothing(api):
+    client = api.client()
+    items = [{"filename": f"line-{i}.wav", "content_type": "audio/wav", "bytes": 1000 + i} for i in range(5)]
+    r = client.post("/v1/uploads/batch", json={"items": items}, headers={"Idempotency-Key": "ups-1"})
+    assert r.status_code == 201, r.text
+    made = r.json()["data"]
+    assert r.json()["object"] == "list" and len({u["id"] for u in made}) == 5
+    assert all(u["method"] == "PUT" and RFC3339_UTC.match(u["expires_at"]) for u in made)
+    for item, upload in zip(items, made, strict=True):  # in the items' order, each its own
+        doc = client.get(f"/v1/uploads/{upload['id']}").json()
+        assert (doc["filename"], doc["bytes"], doc["status"]) == (item["filename"], item["bytes"], "pending")
+    again = client.post("/v1/uploads/batch", json={"items": items}, headers={"Idempotency-Key": "ups-1"})
+    assert again.json() == r.json()  # a retried call gets the same uploads back
+    # one item of the wrong type or too large refuses the call, naming it; nothing is made
+    before = count(api, Upload)
+    for bad, status, code in (({"content_type": "text/plain"}, 415, "unsupported_media"),
+                              ({"bytes": 10**13}, 413, "file_too_large")):  # fmt: skip
+        body = assert_problem(
+            client.post("/v1/uploads/batch", json={"items": [*items[:3], {**items[3], **bad}]}), status, code
+        )
+        assert body["detail"].startswith("items[3]: ")
+    assert count(api, Upload) == before
+    r = client.post("/v1/uploads/batch", json={"items": [items[0]] * 1001})
+    assert_problem(r, 422, "invalid_request")
+
+
+def test_a_batch_checks_its_new_uploads_together_and_keeps_their_verdicts(api, media, monkeypatch):
+    """Twelve WAVs (checked from their headers), two AAC tracks (fetched and probed) and, at item 7, a
+    text file: the batch is refused naming item 7 and creates nothing, but every verdict is kept, so
+    the batch without it is created without checking anything again."""
+    from services.api import intake
+
+    client = api.client()
+    subject_id = ready_subject(api)
+    files = [(f"t{i}.wav", wav(0.3, 200 + 10 * i)) for i in range(12)] + [("a.m4a", media["speech"])] * 2
+    files.insert(7, ("notes.wav", b"RIFF but then just text, not a speech track\n" * 3))
+    items = [{"upload_id": presigned(api, data, name), "ref": name} for name, data in files]
+    body = assert_problem(client.post("/v1/batches", json={"subject_id": subject_id, "items": items}),
+                          422, "not_media")  # fmt: skip
+    assert body["detail"].startswith("items[7]: notes.wav")
+    assert count(api, Batch) == 0 and count(api, Render) == 0 and queued(api) == 0
+    with api.platform.sessions() as s:
+        rows = {u.id: u for u in s.scalars(select(Upload))}
+        verdicts = [
+            (rows[i["upload_id"]].status, (rows[i["upload_id"]].probe or {}).get("backend")) for i in items
+        ]
+    assert verdicts[7] == ("refused", None)
+    assert verdicts[:7] + verdicts[8:13] == [("received", "wav-header")] * 12
+    assert [status for status, _ in verdicts[13:]] == ["received"] * 2
+    assert rows[items[0]["upload_id"]].probe["audio"]["duration_s"] == pytest.approx(0.3)
+
+    inspected = []
+    monkeypatch.setattr(intake, "inspect", lambda *a: inspected.append(a) or pytest.fail("checked again"))
+    good = items[:7] + items[8:]
+    r = client.post("/v1/batches", json={"subject_id": subject_id, "items": good})
+    assert r.status_code == 202, r.text
+    assert [x["ref"] for x in r.json()["renders"]] == [i["ref"] for i in good]
+    assert count(api, Render) == 14 and queued(api) == 14 and inspected == []
 
 
 # --- a render's video ---------------------------------------------------------------------------------

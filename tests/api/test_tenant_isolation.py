@@ -197,6 +197,24 @@ def check_upload_create(world: World) -> None:
     assert mine.json()["code"] == missing.json()["code"] == "upload_not_found"
 
 
+def check_upload_batch_create(world: World) -> None:
+    """B's uploads made in one call live under B's prefix; A naming them is answered like missing ones,
+    in a batch as anywhere."""
+    data = b"\0" * 64
+    items = [{"filename": f"{i}.m4a", "content_type": "audio/mp4", "bytes": len(data)} for i in range(2)]
+    r = world.client("b").post("/v1/uploads/batch", json={"items": items})
+    assert r.status_code == 201, r.text
+    for upload in r.json()["data"]:
+        assert (
+            world.client("b").put(upload["url"], content=data, headers=upload["headers"]).status_code == 200
+        )
+        assert world.platform.storage.exists(keys.upload_key(world.b_tenant, upload["id"]))
+    theirs = [{"upload_id": u["id"]} for u in r.json()["data"]]
+    a = world.client("a")
+    r = a.post("/v1/batches", json={"subject_id": world.a["subject"], "items": theirs})
+    assert r.status_code == 404 and r.json()["code"] == "upload_not_found", r.text
+
+
 def check_webhook_create(world: World) -> None:
     """B's new webhook is B's: A cannot read or delete it, A's list does not show it."""
     r = world.client("b").post("/v1/webhooks", json={"url": "https://hooks.example.com/b", "events": ["*"]})
@@ -297,6 +315,7 @@ CHECKS: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/batches/{batch_id}"): like_missing(lambda c, i, w: c.get(f"/v1/batches/{i['batch']}")),
     ("POST", "/v1/batches"): like_missing(_batch_of_a_subject, _batch_of_a_upload),
     ("POST", "/v1/uploads"): check_upload_create,
+    ("POST", "/v1/uploads/batch"): check_upload_batch_create,
     ("GET", "/v1/uploads/{upload_id}"): like_missing(lambda c, i, w: c.get(f"/v1/uploads/{i['upload']}")),
     ("GET", "/v1/webhooks/{webhook_id}"): like_missing(lambda c, i, w: c.get(f"/v1/webhooks/{i['webhook']}")),
     ("DELETE", "/v1/webhooks/{webhook_id}"): like_missing(

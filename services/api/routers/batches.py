@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
-from services.api.intake import AUDIO, checked_upload
+from services.api.intake import AUDIO, checked_uploads
 from services.api.problems import ApiProblem
 from services.api.routers.renders import check_mode
 from services.api.routers.subjects import get_owned as get_subject
@@ -45,16 +45,16 @@ async def create_batch(
 
     def work() -> tuple[dict, str]:
         subject = get_subject(session, tenant.id, body.subject_id)
-        # every item is checked before anything is written (checking an upload commits its verdict):
+        # every item is checked before anything is written (checking uploads commits their verdicts):
         # one bad item refuses the whole batch, and nothing is created
-        uploads, checked = [], {}  # one check per distinct upload (a batch may reuse one file)
+        checked = checked_uploads(platform, session, tenant.id, [i.upload_id for i in body.items], AUDIO)
+        uploads = []
         for i, item in enumerate(body.items):
             try:
-                if item.upload_id not in checked:
-                    checked[item.upload_id] = checked_upload(
-                        platform, session, tenant.id, item.upload_id, AUDIO
-                    )
-                uploads.append(checked[item.upload_id])
+                upload = checked[item.upload_id]
+                if isinstance(upload, Exception):
+                    raise upload
+                uploads.append(upload)
                 check_mode(item.mode)
             except ApiProblem as exc:  # say which item
                 raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from services.api.deps import CurrentTenant, PlatformDep, SessionDep
+from services.api.deps import CurrentTenant, Platform, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import safe_filename
 from services.api.problems import ApiProblem
-from shared.db.models import Upload, utcnow
+from shared.db.models import Upload, new_id, utcnow
 from shared.jobs import keys
 from shared.jobs.views import rfc3339
 
@@ -31,11 +31,15 @@ class UploadCreate(BaseModel):
     bytes: int = Field(gt=0, description="The file's exact size.")
 
 
-@router.post("", status_code=201, summary="Get a URL to upload a large file to")
-async def create_upload(
-    body: UploadCreate, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
-) -> JSONResponse:
-    settings = platform.settings
+MAX_ITEMS = 1000
+
+
+class UploadBatchCreate(BaseModel):
+    items: list[UploadCreate] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+def _checked_type(body: UploadCreate, settings) -> str:
+    """The item's content type, once its size and type pass (413 / 415 otherwise)."""
     if body.bytes > settings.media_max_bytes:
         raise ApiProblem(
             413,
@@ -47,30 +51,73 @@ async def create_upload(
         raise ApiProblem(
             415, "unsupported_media", f"Only video and audio files are accepted, not {body.content_type!r}."
         )
+    return content_type
+
+
+def _new_upload(
+    platform: Platform, tenant_id: str, body: UploadCreate, content_type: str
+) -> tuple[Upload, dict]:
+    """An upload row (not yet added) and its public form with the signed URL to PUT the file to."""
+    expiry = platform.settings.upload_expiry_s
+    upload_id = new_id()
+    upload = Upload(
+        id=upload_id, tenant_id=tenant_id, filename=safe_filename(body.filename), content_type=content_type,
+        bytes=body.bytes, storage_key=keys.upload_key(tenant_id, upload_id), status="pending",
+        created_at=utcnow(), expires_at=utcnow() + timedelta(seconds=expiry),
+    )  # fmt: skip
+    signed = platform.storage.presign_put(upload.storage_key, content_type, expiry, max_bytes=body.bytes)
+    return upload, {
+        "id": upload_id,
+        "object": "upload",
+        "url": signed.url,
+        "method": signed.method,
+        "headers": signed.headers,
+        "expires_at": rfc3339(signed.expires_at),
+    }
+
+
+@router.post("", status_code=201, summary="Get a URL to upload a large file to")
+async def create_upload(
+    body: UploadCreate, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
+) -> JSONResponse:
+    content_type = _checked_type(body, platform.settings)
     digest = request_hash("POST", request.url.path, body.model_dump_json())
     idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
 
     def work() -> tuple[dict, str]:
-        expires = utcnow() + timedelta(seconds=settings.upload_expiry_s)
-        upload = Upload(
-            tenant_id=tenant.id, filename=safe_filename(body.filename), content_type=content_type,
-            bytes=body.bytes, storage_key="", expires_at=expires,
-        )  # fmt: skip
+        upload, out = _new_upload(platform, tenant.id, body, content_type)
         session.add(upload)
-        session.flush()
-        upload.storage_key = keys.upload_key(tenant.id, upload.id)
-        signed = platform.storage.presign_put(
-            upload.storage_key, content_type, settings.upload_expiry_s, max_bytes=body.bytes
-        )
         session.commit()
-        return {
-            "id": upload.id,
-            "object": "upload",
-            "url": signed.url,
-            "method": signed.method,
-            "headers": signed.headers,
-            "expires_at": rfc3339(signed.expires_at),
-        }, f"/v1/uploads/{upload.id}"
+        return out, f"/v1/uploads/{upload.id}"
+
+    return await idem.run(digest, work, status=201)
+
+
+@router.post("/batch", status_code=201, summary="Get URLs for up to 1000 files in one call (bulk dubbing)")
+async def create_uploads(
+    body: UploadBatchCreate,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+) -> JSONResponse:
+    """Many uploads at once, as ``POST /v1/uploads`` makes one: ``{"items": [{"filename", "content_type",
+    "bytes"}, ...]}`` -> 201 ``{"object": "list", "data": [upload, ...]}`` in the items' order. All or
+    nothing: one item too large or of the wrong type refuses the call, naming ``items[i]``."""
+    types = []
+    for i, item in enumerate(body.items):
+        try:
+            types.append(_checked_type(item, platform.settings))
+        except ApiProblem as exc:
+            raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
+    digest = request_hash("POST", request.url.path, body.model_dump_json())
+    idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
+
+    def work() -> tuple[dict, None]:
+        made = [_new_upload(platform, tenant.id, item, t) for item, t in zip(body.items, types, strict=True)]
+        session.add_all(upload for upload, _ in made)
+        session.commit()
+        return {"object": "list", "data": [out for _, out in made]}, None
 
     return await idem.run(digest, work, status=201)
 
