@@ -72,6 +72,11 @@ class Upload(TypedDict, total=False):
     status: str
 
 
+class UploadList(TypedDict, total=False):
+    object: str  # "list"
+    data: list[Upload]  # in the order asked for
+
+
 class BatchItem(TypedDict, total=False):
     upload_id: str  # required
     ref: str | None

@@ -1,22 +1,26 @@
 """A real HTTP proxy that misbehaves on purpose, in front of a real server: per rule, the first N requests
-matching a method and path prefix get a 500, a 429 with Retry-After, a closed connection (before or after
-the request reached the server), or a response cut after some bytes of its body. Everything else is
-relayed as it is. One request per connection (``Connection: close`` is sent upstream)."""
+matching a method and path prefix get a 500, a 405 (a route the server lacks), a 429 with Retry-After,
+a problem answer of the test's choosing, a closed connection (before or after the request reached the
+server), or a response cut after some bytes of its body. Everything else is relayed as it is. One request per connection (``Connection: close`` is sent upstream)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 
 @dataclass
 class Rule:
     method: str
     path: str  # a prefix of the path (query string excluded)
-    action: str  # "500" | "429" | "drop" | "drop_after" | "hang_after" | "cut:<bytes>"
+    # "500" | "405" | "429" | "drop" | "drop_after" | "hang_after" | "cut:<bytes>"
+    # | "problem:<status>:<code>:<detail>" (an answer the API could give, e.g. one item of a call refused)
+    action: str
     times: int = 1
     retry_after: int = 1
 
@@ -98,11 +102,18 @@ class FaultProxy:
             self.seen.append(Seen(method, path, headers, action))
         if action == "drop":
             return  # closed without an answer; the server never saw it
-        if action == "500" or action.startswith("429"):
-            status = "500 Internal Server Error" if action == "500" else "429 Too Many Requests"
+        if action in ("500", "405") or action.startswith(("429", "problem:")):
+            code, detail = "injected", "injected by the test proxy"
+            if action.startswith("problem:"):  # "problem:<status>:<code>:<detail>", as the API words one
+                _, number, code, detail = action.split(":", 3)
+                status = f"{number} {HTTPStatus(int(number)).phrase}"
+            else:
+                status = {"500": "500 Internal Server Error", "405": "405 Method Not Allowed"}.get(
+                    action, "429 Too Many Requests"
+                )
             extra = f"Retry-After: {action.split(':')[1]}\r\n" if action.startswith("429") else ""
-            payload = (b'{"type":"urn:synctalk:problem:injected","title":"injected","status":%d,'
-                       b'"detail":"injected by the test proxy","code":"injected"}') % int(status[:3])  # fmt: skip
+            payload = json.dumps({"type": "urn:synctalk:problem:injected", "title": "injected",
+                                  "status": int(status[:3]), "detail": detail, "code": code}).encode()  # fmt: skip
             client.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/problem+json\r\n{extra}"
                            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)  # fmt: skip
             return

@@ -28,6 +28,11 @@ def upload_key(content_hash: str, size: int, content_type: str, filename: str, g
     return _key("upload", content_hash, str(size), content_type, filename, str(generation))
 
 
+def uploads_key(file_keys: Iterable[str]) -> str:
+    """Many uploads made in one call, from their files' own keys (``upload_key``) in order."""
+    return _key("uploads", *file_keys)
+
+
 def batch_key(subject_id: str, items: Iterable[tuple[str, str, str, str, int]]) -> str:
     """A batch from its subject and its items' (ref, content hash, upload id, mode, attempt) in order:
     ``attempt`` moves on when a failed item is retried, so the retry is a new request."""

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.client.aio import AsyncClient
-from services.client.bulk.keys import batch_key, file_sha256, upload_key
+from services.client.bulk.keys import batch_key, file_sha256, upload_key, uploads_key
 from services.client.bulk.manifest import ManifestError, read_manifest
 from services.client.bulk.state import State
 from services.client.config import content_type_of
 from services.client.errors import ApiError, Conflict
+from services.client.types import Upload
 
 Progress = Callable[[str, int, int], None]  # (what is happening, items finished, items in all)
+FileRow = tuple[str, int, str, str, int]  # (content hash, size, path, content type, upload generation)
 _ITEM_ERROR = re.compile(r"^items\[(\d+)\]: (.*)$", re.S)
 _REUPLOAD = ("upload_not_found", "upload_incomplete")  # expired or lost: upload the file again
 MAX_LISTED = 50
@@ -73,6 +75,7 @@ class _Dub:
         self.progress = progress or (lambda *_: None)
         self.created = 0
         self.sem = asyncio.Semaphore(max(1, opts.concurrency))
+        self._bulk = True  # uploads made by POST /v1/uploads/batch, until the server turns out to lack it
 
     def report(self, phase: str) -> None:
         c = self.state.counts()
@@ -124,39 +127,74 @@ class _Dub:
             st.db.execute("ROLLBACK")
             raise
 
-    # --- 2. one upload per distinct content
+    # --- 2. one upload per distinct content: made a thousand per call, then PUT ``concurrency`` at a time
     async def upload(self) -> None:
         while rows := self.state.files_to_upload(1000):
+            made = await self._create_uploads(rows)
             done: list[tuple[str, str]] = []
-            await asyncio.gather(*(self._upload_one(r, done) for r in rows))
+            await asyncio.gather(*(self._put_one(r, made[r[0]], done) for r in rows if r[0] in made))
             with self.state:  # lost on a crash? harmless: the same key gives back the same upload
                 for digest, upload_id in done:
                     self.state.set_upload(digest, upload_id)
             self.report("uploading")
 
-    async def _upload_one(self, row: tuple[str, int, str, str, int], done: list[tuple[str, str]]) -> None:
+    async def _create_uploads(self, rows: list[FileRow]) -> dict[str, Upload]:
+        """Uploads for ``rows`` by content hash; a row whose file cannot be uploaded is set aside."""
+        while rows and self._bulk:
+            keys = [upload_key(d, size, ctype, Path(path).name, gen) for d, size, path, ctype, gen in rows]
+            files = [(Path(path).name, ctype, size) for _, size, path, ctype, _ in rows]
+            try:
+                got = await self.api.create_uploads(files, idempotency_key=uploads_key(keys))
+            except ApiError as exc:
+                if exc.status in (404, 405):  # a server from before POST /v1/uploads/batch
+                    self._bulk = False
+                    break
+                m = _ITEM_ERROR.match(exc.detail)
+                if m is None or exc.status not in (413, 415, 422):
+                    raise
+                bad = rows[int(m.group(1))]  # too large or not media: set aside, the rest go again
+                with self.state:
+                    self.state.fail_hash(bad[0], f"{exc.code}: {m.group(2)}")
+                rows = [r for r in rows if r is not bad]
+                continue
+            return {r[0]: up for r, up in zip(rows, got["data"], strict=True)}
+        made: dict[str, Upload] = {}
+        await asyncio.gather(*(self._create_one(r, made) for r in rows))
+        return made
+
+    async def _create_one(self, row: FileRow, made: dict[str, Upload]) -> None:
         digest, size, path, ctype, generation = row
         name = Path(path).name
         async with self.sem:
             try:
-                up = await self.api.create_upload(
+                made[digest] = await self.api.create_upload(
                     name, ctype, size, idempotency_key=upload_key(digest, size, ctype, name, generation)
                 )
+            except ApiError as exc:
+                self._upload_failed(digest, exc)
+
+    async def _put_one(self, row: FileRow, up: Upload, done: list[tuple[str, str]]) -> None:
+        digest, _, path, _, _ = row
+        async with self.sem:
+            try:
                 await self.api.put_file(up, path)
             except FileNotFoundError:
                 with self.state:
-                    self.state.fail_hash(digest, f"{name}: file not found (moved while dubbing?)")
+                    self.state.fail_hash(digest, f"{Path(path).name}: file not found (moved while dubbing?)")
                 return
             except ApiError as exc:
-                with self.state:
-                    if isinstance(exc, Conflict) or exc.status == 403:  # a key or URL gone stale: anew
-                        self.state.set_upload(digest, None, next_generation=True)
-                    elif exc.status in (413, 415, 422):
-                        self.state.fail_hash(digest, f"{exc.code}: {exc.detail}")
-                    else:
-                        raise
+                self._upload_failed(digest, exc)
                 return
         done.append((digest, up["id"]))
+
+    def _upload_failed(self, digest: str, exc: ApiError) -> None:
+        with self.state:
+            if isinstance(exc, Conflict) or exc.status == 403:  # a key or URL gone stale: anew
+                self.state.set_upload(digest, None, next_generation=True)
+            elif exc.status in (413, 415, 422):
+                self.state.fail_hash(digest, f"{exc.code}: {exc.detail}")
+            else:
+                raise exc
 
     # --- 3. batches: recorded, then sent
     async def submit(self) -> None:
