@@ -42,6 +42,7 @@ from shared.storage.local import AtomicWriter
 from shared.storage.signing import content_disposition
 
 MiB = 1 << 20
+SMALL_PUT = 16 * MiB  # bytes stored with one PutObject (S3 takes up to 5 GB in one; this keeps memory small)
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
 
@@ -227,6 +228,19 @@ class S3Storage(Storage):
             ctype,
         )
         return counted.count
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        # One PutObject is atomic already (the object appears whole or not at all, and a failed one
+        # leaves the previous object): no temporary key and copy for what fits in one request.
+        if len(data) > SMALL_PUT:
+            super().put_bytes(key, data, content_type=content_type)
+            return
+        full = self._full(key)
+        self._ensure_bucket()
+        with self._mapped(key):
+            self._client.put_object(
+                Bucket=self.bucket, Key=full, Body=data, ContentType=_content_type(key, content_type)
+            )
 
     # --- reads ---
     def get_file(self, key: str, path: Path) -> Path:

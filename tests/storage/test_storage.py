@@ -85,6 +85,16 @@ def test_read_head_gives_the_first_bytes_and_the_whole_size(storage: Storage) ->
         storage.read_head("t/h/missing", 64)
 
 
+def test_s3_small_bytes_are_stored_in_one_request(s3_storage: S3Storage) -> None:
+    s3_storage.put_bytes("t/one/first.json", b"{}")  # the bucket exists from here on
+    calls: list[str] = []
+    s3_storage._client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    s3_storage.put_bytes("t/one/track.wav", b"RIFF" + bytes(40_000))
+    assert calls == ["PutObject"]  # atomic as it is: no temporary key, copy and delete
+    assert s3_storage.read_head("t/one/track.wav", 4) == (b"RIFF", 40_004)
+    assert raw_objects(s3_storage) == ["t/one/first.json", "t/one/track.wav"]
+
+
 def test_list_delete_and_delete_prefix(storage: Storage) -> None:
     for key in ("a/1.txt", "a/2.txt", "a/sub/3.txt", "ab/4.txt", "b.txt"):
         storage.put_bytes(key, key.encode())
