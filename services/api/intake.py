@@ -22,13 +22,18 @@ from fastapi import UploadFile
 from sqlalchemy import select
 
 from services.api.problems import ApiProblem
-from shared.db.models import Upload, utcnow
+from shared.db.models import Upload, new_id, utcnow
 from shared.errors import SyncTalkError
 from shared.jobs import keys
 from shared.storage import NotFoundError
 
 CHUNK = 1 << 20
 VIDEO, AUDIO = "video", "audio"
+INLINE_FILE_MAX = (
+    16 << 20
+)  # a file sent in the request itself (POST /v1/uploads/files), in memory while checked
+# what may be uploaded: media, or bytes of unknown type (the probe decides what they are)
+ACCEPTED_TYPES = ("video/", "audio/", "application/octet-stream")
 CHECK_THREADS = 8  # uploads inspected at once (each waits on storage, and on a probe for non-WAV files)
 
 
@@ -102,6 +107,72 @@ def store_direct(platform, session, tenant_id: str, part: UploadFile, kind: str)
         session.flush()
         upload.storage_key = keys.upload_key(tenant_id, upload.id)
         platform.storage.put_file(upload.storage_key, path, content_type=upload.content_type)
+    return upload
+
+
+def store_inline(platform, tenant_id: str, parts: list[UploadFile]) -> list[Upload]:
+    """Small files sent in the request itself (``POST /v1/uploads/files``): each checked (a plain WAV
+    from its header, anything else probed) and stored in one request, on the check threads; the rows
+    (received, not yet added to a session) in the parts' order. All or nothing: the first bad part, by
+    position, is raised naming ``items[i]``, and whatever was stored for the others is deleted."""
+    futures = [_pool().submit(_inline_one, platform, tenant_id, part) for part in parts]
+    results: list[Upload | BaseException] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 -- every part settles before anything is raised
+            results.append(exc)
+    failed = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+    if not failed:
+        return results  # type: ignore[return-value]
+    for r in results:
+        if isinstance(r, Upload):
+            platform.storage.delete(r.storage_key)
+    i, exc = failed[0]
+    if isinstance(exc, ApiProblem):
+        raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
+    if isinstance(exc, SyncTalkError):
+        exc.message = f"items[{i}]: {exc.message}"
+        exc.args = (exc.message,)
+    raise exc
+
+
+def _inline_one(platform, tenant_id: str, part: UploadFile) -> Upload:
+    from gpu_worker.media.probe import probe_head
+    from gpu_worker.media.probe_wav import HEAD_BYTES
+
+    settings, shown = platform.settings, safe_filename(part.filename)
+    content_type = (part.content_type or "application/octet-stream").strip().lower()
+    if not content_type.startswith(ACCEPTED_TYPES):
+        raise ApiProblem(
+            415,
+            "unsupported_media",
+            f"{shown}: only video and audio files are accepted, not {content_type!r}.",
+        )
+    part.file.seek(0)
+    data = part.file.read(INLINE_FILE_MAX + 1)
+    if len(data) > INLINE_FILE_MAX:
+        raise ApiProblem(
+            413, "file_too_large",
+            f"{shown} is larger than {INLINE_FILE_MAX >> 20} MB, the limit for files sent inline; use POST /v1/uploads.",
+        )  # fmt: skip
+    if not data:
+        raise ApiProblem(422, "empty_file", f"{shown} is empty (0 bytes).")
+    info = probe_head(data[:HEAD_BYTES], len(data), shown, settings)
+    if info is not None:
+        probe = _described(info)
+    else:
+        with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
+            path = Path(d) / "upload"
+            path.write_bytes(data)
+            probe = probe_media(path, AUDIO, settings, shown)
+    upload_id = new_id()
+    upload = Upload(
+        id=upload_id, tenant_id=tenant_id, filename=shown, content_type=content_type, bytes=len(data),
+        storage_key=keys.upload_key(tenant_id, upload_id), status="received", probe=probe,
+        created_at=utcnow(), expires_at=utcnow() + timedelta(seconds=settings.upload_expiry_s),
+    )  # fmt: skip
+    platform.storage.put_bytes(upload.storage_key, data, content_type=content_type)
     return upload
 
 

@@ -452,6 +452,56 @@ def test_a_batch_checks_its_new_uploads_together_and_keeps_their_verdicts(api, m
     assert count(api, Render) == 14 and queued(api) == 14 and inspected == []
 
 
+def test_small_files_sent_inline_are_checked_stored_and_ready_to_use(api, media, monkeypatch):
+    from services.api import intake
+
+    client = api.client()
+    files = [("file", (f"t{i}.wav", wav(0.2, 300 + 20 * i), "audio/wav")) for i in range(3)]
+    files.append(("file", ("a.m4a", media["speech"], "audio/mp4")))
+    r = client.post("/v1/uploads/files", files=files, headers={"Idempotency-Key": "inline-1"})
+    assert r.status_code == 201, r.text
+    made = r.json()["data"]
+    assert [(u["filename"], u["status"]) for u in made] == [
+        ("t0.wav", "received"), ("t1.wav", "received"), ("t2.wav", "received"), ("a.m4a", "received")
+    ]  # fmt: skip
+    assert [u["bytes"] for u in made] == [len(f[1][1]) for f in files]
+    for u, f in zip(made, files, strict=True):  # stored as sent
+        assert api.platform.storage.read_bytes(keys.upload_key(api.tenant_id, u["id"])) == f[1][1]
+    again = client.post("/v1/uploads/files", files=files, headers={"Idempotency-Key": "inline-1"})
+    assert again.json() == r.json()  # a retried call: the same uploads, nothing stored twice
+    assert count(api, Upload) == 4
+
+    # named in a batch as they are: already checked, nothing fetched again
+    monkeypatch.setattr(intake, "inspect", lambda *a: pytest.fail("checked again"))
+    items = [{"upload_id": u["id"], "ref": u["filename"]} for u in made]
+    r = client.post("/v1/batches", json={"subject_id": ready_subject(api), "items": items})
+    assert r.status_code == 202, r.text
+    assert count(api, Render) == 4 and queued(api) == 4
+
+
+def test_inline_files_are_all_or_nothing(api, monkeypatch):
+    from services.api import intake
+
+    client = api.client()
+    stored_before = sorted(api.platform.storage.list(""))
+    good = [("file", (f"t{i}.wav", wav(0.2, 300 + 20 * i), "audio/wav")) for i in range(3)]
+    cases = [
+        ([*good[:2], ("file", ("notes.wav", b"not a speech track at all\n" * 20, "audio/wav")), good[2]],
+         422, "not_media", "items[2]: notes.wav"),
+        ([good[0], ("file", ("notes.txt", b"hello", "text/plain"))], 415, "unsupported_media", "items[1]: "),
+        ([good[0], ("file", ("empty.wav", b"", "audio/wav"))], 422, "empty_file", "items[1]: "),
+    ]  # fmt: skip
+    for files, status, code, starts in cases:
+        body = assert_problem(client.post("/v1/uploads/files", files=files), status, code)
+        assert body["detail"].startswith(starts), body
+    monkeypatch.setattr(intake, "INLINE_FILE_MAX", 5000)  # a track of 0.2 s at 16 kHz is 6.4 KB
+    body = assert_problem(client.post("/v1/uploads/files", files=good[:1]), 413, "file_too_large")
+    assert body["detail"].startswith("items[0]: t0.wav is larger than")
+    assert_problem(client.post("/v1/uploads/files", json={"file": "t.wav"}), 422, "invalid_request")
+    assert_problem(client.post("/v1/uploads/files", files={"other": ("t.wav", b"x")}), 422, "invalid_request")
+    assert count(api, Upload) == 0 and sorted(api.platform.storage.list("")) == stored_before
+
+
 # --- a render's video ---------------------------------------------------------------------------------
 def test_a_renders_video_is_409_until_it_succeeded_then_a_redirect_to_the_file(api):
     client = api.client()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import queue
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,6 +48,16 @@ class World:
 
     def random_ids(self) -> dict[str, str]:
         return {name: uuid.uuid4().hex for name in self.a}
+
+
+# a tenth of a second of 16-bit mono silence at 16 kHz: a WAV the inline check takes from its header
+WAV = (
+    b"RIFF"
+    + struct.pack("<I", 36 + 3200)
+    + b"WAVEfmt "
+    + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+)
+WAV += b"data" + struct.pack("<I", 3200) + bytes(3200)
 
 
 def _set(world_api: Api, model, row_id: str, **values) -> None:
@@ -215,6 +226,17 @@ def check_upload_batch_create(world: World) -> None:
     assert r.status_code == 404 and r.json()["code"] == "upload_not_found", r.text
 
 
+def check_upload_files(world: World) -> None:
+    """Files B sends inline are stored under B's prefix; A naming them is answered like missing ones."""
+    r = world.client("b").post("/v1/uploads/files", files=[("file", ("b.wav", WAV, "audio/wav"))] * 2)
+    assert r.status_code == 201, r.text
+    for upload in r.json()["data"]:
+        assert world.platform.storage.exists(keys.upload_key(world.b_tenant, upload["id"]))
+    theirs = [{"upload_id": u["id"]} for u in r.json()["data"]]
+    r = world.client("a").post("/v1/batches", json={"subject_id": world.a["subject"], "items": theirs})
+    assert r.status_code == 404 and r.json()["code"] == "upload_not_found", r.text
+
+
 def check_webhook_create(world: World) -> None:
     """B's new webhook is B's: A cannot read or delete it, A's list does not show it."""
     r = world.client("b").post("/v1/webhooks", json={"url": "https://hooks.example.com/b", "events": ["*"]})
@@ -316,6 +338,7 @@ CHECKS: dict[tuple[str, str], Callable[[World], None]] = {
     ("POST", "/v1/batches"): like_missing(_batch_of_a_subject, _batch_of_a_upload),
     ("POST", "/v1/uploads"): check_upload_create,
     ("POST", "/v1/uploads/batch"): check_upload_batch_create,
+    ("POST", "/v1/uploads/files"): check_upload_files,
     ("GET", "/v1/uploads/{upload_id}"): like_missing(lambda c, i, w: c.get(f"/v1/uploads/{i['upload']}")),
     ("GET", "/v1/webhooks/{webhook_id}"): like_missing(lambda c, i, w: c.get(f"/v1/webhooks/{i['webhook']}")),
     ("DELETE", "/v1/webhooks/{webhook_id}"): like_missing(
