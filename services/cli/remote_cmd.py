@@ -148,10 +148,12 @@ def render(
 @click.option("--retry-failed", is_flag=True, help="Submit failed renders and bad rows again.")
 @click.option("--no-wait", is_flag=True, help="Stop once everything is submitted (rerun to download).")
 @click.option("--poll", "poll_s", default=2.0, show_default=True, help="Seconds between status checks.")
+@click.option("--inline/--no-inline", default=True, show_default=True,
+              help="Send files up to 1 MB in the upload calls themselves (else one presigned PUT each).")  # fmt: skip
 @click.pass_context
 def dub(
     ctx: click.Context, subject_id: str, manifest: Path, out_dir: Path, concurrency: int, batch_size: int,
-    mode: str, retry_failed: bool, no_wait: bool, poll_s: float,
+    mode: str, retry_failed: bool, no_wait: bool, poll_s: float, inline: bool,
 ) -> None:  # fmt: skip
     """Dub every track of MANIFEST onto SUBJECT_ID.
 
@@ -163,7 +165,8 @@ def dub(
     from services.client.bulk import dub as run_dub
 
     opts = DubOptions(subject_id, manifest, out_dir, concurrency=concurrency, batch_size=batch_size,
-                      retry_failed=retry_failed, wait=not no_wait, poll_s=poll_s, mode=mode)  # fmt: skip
+                      retry_failed=retry_failed, wait=not no_wait, poll_s=poll_s, mode=mode,
+                      inline=inline)  # fmt: skip
     bar = _OverallBar()
 
     async def main():

@@ -7,6 +7,7 @@ request (uploads, downloads, waiting, the event stream) live in ``sync.py`` / ``
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ class Call:
     params: dict[str, Any] | None = None
     json: Any = None
     # multipart: called once per attempt, so a retry sends the file again from its start
-    files: Callable[[], dict[str, tuple[str, Any, str]]] | None = None
+    files: Callable[[], list[tuple[str, tuple[str, Any, str]]]] | None = None
     data: dict[str, str] | None = None
     idempotency_key: str | None = None
     expect: Literal["json", "none", "text"] = "json"
@@ -35,9 +36,9 @@ def _params(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def _file_part(field_name: str, path: Path) -> Callable[[], dict[str, tuple[str, Any, str]]]:
-    def parts() -> dict[str, tuple[str, Any, str]]:
-        return {field_name: (path.name, open(path, "rb"), content_type_of(path.name))}  # noqa: SIM115 - closed by the sender
+def _file_part(field_name: str, path: Path) -> Callable[[], list[tuple[str, tuple[str, Any, str]]]]:
+    def parts() -> list[tuple[str, tuple[str, Any, str]]]:
+        return [(field_name, (path.name, open(path, "rb"), content_type_of(path.name)))]  # noqa: SIM115 - closed by the sender
 
     return parts
 
@@ -144,6 +145,18 @@ class Routes:
         return self._run(
             Call("POST", "/v1/uploads/batch", json={"items": items}, idempotency_key=idempotency_key)
         )
+
+    def upload_files(
+        self, files: list[tuple[str, bytes, str]], *, idempotency_key: str | None = None
+    ) -> UploadList:
+        """Small files sent in the call itself, (filename, content, content_type) each: at most 1000, 16 MB
+        each and 64 MB in all. ``data`` lists the uploads, already received, in that order. Servers without
+        the route answer 404 or 405: use ``create_uploads`` and ``put_file`` there."""
+
+        def parts() -> list[tuple[str, tuple[str, Any, str]]]:
+            return [("file", (name, io.BytesIO(data), ctype)) for name, data, ctype in files]
+
+        return self._run(Call("POST", "/v1/uploads/files", files=parts, idempotency_key=idempotency_key))
 
     def get_upload(self, upload_id: str) -> Upload:
         return self._run(Call("GET", f"/v1/uploads/{upload_id}"))

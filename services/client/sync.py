@@ -85,7 +85,7 @@ class Client(Routes):
                 r = self._http.request(call.method, call.path, params=call.params, json=call.json,
                                        data=call.data, files=files, headers=headers)  # fmt: skip
             finally:
-                for part in (files or {}).values():
+                for _, part in files or ():
                     part[1].close()
             if r.status_code not in call.answers:
                 again, after = t.retry_hint(r)

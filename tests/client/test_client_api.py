@@ -133,38 +133,52 @@ def test_a_dub_through_a_faulty_network_submits_each_track_once(api, tmp_path):
     assert refs == [f"take-100-{i}" for i in range(5)]  # each once, though the first batch POST went twice
 
 
-def _dub_through(api, proxy: FaultProxy, manifest: Path, out: Path):
+def _dub_through(api, proxy: FaultProxy, manifest: Path, out: Path, **options):
+    """A dub through the proxy: (its summary, the upload calls the proxy saw, in order)."""
+
     async def run():
         async with AsyncClient(proxy.url, api["key"], retry=FAST) as c:
-            return await dub(c, DubOptions(api["subject"], manifest, out, wait=False))
+            return await dub(c, DubOptions(api["subject"], manifest, out, wait=False, **options))
 
-    return asyncio.run(run())
+    try:
+        summary = asyncio.run(run())
+        return summary, [(s.method, s.path) for s in proxy.seen if s.path.startswith("/v1/uploads")]
+    finally:
+        proxy.close()
 
 
-def test_uploads_are_made_a_thousand_per_call_and_an_item_refused_there_is_set_aside(api, tmp_path):
+def test_short_tracks_are_sent_inline_and_an_item_refused_there_is_set_aside(api, tmp_path):
+    manifest = _manifest(tmp_path / "tracks", 4, 500)
+    rule = Rule("POST", "/v1/uploads/files", "problem:422:not_media:items[2]: line2.wav is not media.")
+    summary, calls = _dub_through(api, FaultProxy(api["url"], [rule]), manifest, tmp_path / "out")
+    assert calls == [("POST", "/v1/uploads/files")] * 2  # all four, then the three left: no PUTs at all
+    assert summary.counts == {"submitted": 3, "bad": 1} and summary.created == 3
+    assert dict(summary.bad) == {"take-500-2": "not_media: line2.wav is not media."}
+
+
+def test_presigned_uploads_are_made_a_thousand_per_call_and_an_item_refused_there_is_set_aside(api, tmp_path):
     manifest = _manifest(tmp_path / "tracks", 4, 300)
     rule = Rule("POST", "/v1/uploads/batch", "problem:413:file_too_large:items[1]: line1.wav is too large.")
     proxy = FaultProxy(api["url"], [rule])
-    try:
-        summary = _dub_through(api, proxy, manifest, tmp_path / "out")
-        calls = [(s.method, s.path) for s in proxy.seen if s.path.startswith("/v1/uploads")]
-    finally:
-        proxy.close()
+    summary, calls = _dub_through(api, proxy, manifest, tmp_path / "out", inline=False)
     assert calls == [("POST", "/v1/uploads/batch")] * 2  # all four, then the three left: never one by one
     assert summary.counts == {"submitted": 3, "bad": 1} and summary.created == 3
     assert dict(summary.bad) == {"take-300-1": "file_too_large: line1.wav is too large."}
 
 
-def test_a_server_without_bulk_uploads_gets_them_one_by_one(api, tmp_path):
-    """An API from before POST /v1/uploads/batch answers 405 there (the path reads as GET /v1/uploads/{id})."""
+def test_a_server_without_the_bulk_routes_gets_uploads_one_by_one(api, tmp_path):
+    """An API from before POST /v1/uploads/files and /batch answers 405 there (the paths read as
+    GET /v1/uploads/{id}): the client asks once for each, then makes presigned uploads one at a time."""
     manifest = _manifest(tmp_path / "tracks", 3, 400)
-    proxy = FaultProxy(api["url"], [Rule("POST", "/v1/uploads/batch", "405", times=100)])
-    try:
-        summary = _dub_through(api, proxy, manifest, tmp_path / "out")
-        calls = [(s.method, s.path) for s in proxy.seen if s.path.startswith("/v1/uploads")]
-    finally:
-        proxy.close()
-    assert calls == [("POST", "/v1/uploads/batch")] + [("POST", "/v1/uploads")] * 3
+    rules = [
+        Rule("POST", "/v1/uploads/files", "405", times=100),
+        Rule("POST", "/v1/uploads/batch", "405", times=100),
+    ]
+    summary, calls = _dub_through(api, FaultProxy(api["url"], rules), manifest, tmp_path / "out")
+    assert (
+        calls
+        == [("POST", "/v1/uploads/files"), ("POST", "/v1/uploads/batch")] + [("POST", "/v1/uploads")] * 3
+    )
     assert summary.counts == {"submitted": 3} and summary.created == 3
 
 

@@ -33,6 +33,11 @@ def uploads_key(file_keys: Iterable[str]) -> str:
     return _key("uploads", *file_keys)
 
 
+def files_key(file_keys: Iterable[str]) -> str:
+    """Many small files sent in one call (``POST /v1/uploads/files``), from their own keys in order."""
+    return _key("files", *file_keys)
+
+
 def batch_key(subject_id: str, items: Iterable[tuple[str, str, str, str, int]]) -> str:
     """A batch from its subject and its items' (ref, content hash, upload id, mode, attempt) in order:
     ``attempt`` moves on when a failed item is retried, so the retry is a new request."""

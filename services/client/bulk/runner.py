@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.client.aio import AsyncClient
-from services.client.bulk.keys import batch_key, file_sha256, upload_key, uploads_key
+from services.client.bulk.keys import batch_key, file_sha256, files_key, upload_key, uploads_key
 from services.client.bulk.manifest import ManifestError, read_manifest
 from services.client.bulk.state import State
 from services.client.config import content_type_of
@@ -28,6 +28,8 @@ FileRow = tuple[str, int, str, str, int]  # (content hash, size, path, content t
 _ITEM_ERROR = re.compile(r"^items\[(\d+)\]: (.*)$", re.S)
 _REUPLOAD = ("upload_not_found", "upload_incomplete")  # expired or lost: upload the file again
 MAX_LISTED = 50
+INLINE_FILE_MAX = 1 << 20  # files up to this size are sent in the upload call itself (short speech tracks)
+INLINE_CALL_MAX = 32 << 20  # bytes per such call (the API takes 64 MB)
 
 
 @dataclass
@@ -46,6 +48,9 @@ class DubOptions:
     poll_s: float = 2.0
     mode: str = "fullframe"
     """For rows that name no mode."""
+    inline: bool = True
+    """Send small files (up to 1 MB) in the upload calls themselves, a few thousand per call, rather than
+    one presigned PUT each (a server without that route gets presigned uploads anyway)."""
 
 
 @dataclass
@@ -76,6 +81,7 @@ class _Dub:
         self.created = 0
         self.sem = asyncio.Semaphore(max(1, opts.concurrency))
         self._bulk = True  # uploads made by POST /v1/uploads/batch, until the server turns out to lack it
+        self._inline = opts.inline  # small files sent in POST /v1/uploads/files, likewise
 
     def report(self, phase: str) -> None:
         c = self.state.counts()
@@ -130,13 +136,68 @@ class _Dub:
     # --- 2. one upload per distinct content: made a thousand per call, then PUT ``concurrency`` at a time
     async def upload(self) -> None:
         while rows := self.state.files_to_upload(1000):
+            if self._inline:
+                small = [r for r in rows if r[1] <= INLINE_FILE_MAX]
+                rows = [r for r in rows if r[1] > INLINE_FILE_MAX] + await self._send_inline(small)
             made = await self._create_uploads(rows)
             done: list[tuple[str, str]] = []
             await asyncio.gather(*(self._put_one(r, made[r[0]], done) for r in rows if r[0] in made))
-            with self.state:  # lost on a crash? harmless: the same key gives back the same upload
-                for digest, upload_id in done:
-                    self.state.set_upload(digest, upload_id)
+            self._record(done)
             self.report("uploading")
+
+    def _record(self, done: list[tuple[str, str]]) -> None:
+        with self.state:  # lost on a crash? harmless: the same key gives back the same upload
+            for digest, upload_id in done:
+                self.state.set_upload(digest, upload_id)
+
+    async def _send_inline(self, rows: list[FileRow]) -> list[FileRow]:
+        """Small files sent in the calls themselves, up to INLINE_CALL_MAX bytes a call; what is left
+        for presigned uploads is returned (everything, where the server has no such route)."""
+        while rows and self._inline:
+            call, size = [], 0
+            for r in rows:
+                if call and size + r[1] > INLINE_CALL_MAX:
+                    break
+                call.append(r)
+                size += r[1]
+            rows = rows[len(call) :]
+            while call:
+                try:
+                    contents = await asyncio.to_thread(lambda c=call: [Path(r[2]).read_bytes() for r in c])
+                except FileNotFoundError as exc:  # moved while dubbing: set that one aside
+                    gone = next(r for r in call if Path(r[2]) == Path(exc.filename or ""))
+                    with self.state:
+                        self.state.fail_hash(
+                            gone[0], f"{Path(gone[2]).name}: file not found (moved while dubbing?)"
+                        )
+                    call = [r for r in call if r is not gone]
+                    continue
+                keys = [upload_key(d, n, ctype, Path(path).name, gen) for d, n, path, ctype, gen in call]
+                files = [(Path(r[2]).name, data, r[3]) for r, data in zip(call, contents, strict=True)]
+                try:
+                    got = await self.api.upload_files(files, idempotency_key=files_key(keys))
+                except ApiError as exc:
+                    if exc.status in (404, 405):  # a server from before POST /v1/uploads/files
+                        self._inline = False
+                        return call + rows
+                    bad = self._refused_item(exc, call)
+                    call = [r for r in call if r is not bad]
+                    continue
+                self._record([(r[0], up["id"]) for r, up in zip(call, got["data"], strict=True)])
+                self.report("uploading")
+                break
+        return rows
+
+    def _refused_item(self, exc: ApiError, rows: list[FileRow]) -> FileRow:
+        """The row a call refused by naming ``items[i]`` (too large, not media), set aside as bad; any
+        other error is raised."""
+        m = _ITEM_ERROR.match(exc.detail)
+        if m is None or exc.status not in (413, 415, 422):
+            raise exc
+        bad = rows[int(m.group(1))]
+        with self.state:
+            self.state.fail_hash(bad[0], f"{exc.code}: {m.group(2)}")
+        return bad
 
     async def _create_uploads(self, rows: list[FileRow]) -> dict[str, Upload]:
         """Uploads for ``rows`` by content hash; a row whose file cannot be uploaded is set aside."""
@@ -149,12 +210,7 @@ class _Dub:
                 if exc.status in (404, 405):  # a server from before POST /v1/uploads/batch
                     self._bulk = False
                     break
-                m = _ITEM_ERROR.match(exc.detail)
-                if m is None or exc.status not in (413, 415, 422):
-                    raise
-                bad = rows[int(m.group(1))]  # too large or not media: set aside, the rest go again
-                with self.state:
-                    self.state.fail_hash(bad[0], f"{exc.code}: {m.group(2)}")
+                bad = self._refused_item(exc, rows)  # too large or not media: set aside, the rest go again
                 rows = [r for r in rows if r is not bad]
                 continue
             return {r[0]: up for r, up in zip(rows, got["data"], strict=True)}
