@@ -9,6 +9,7 @@ download each video as it finishes (``OUT/<ref>.mp4``, through a ``.part`` file,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -145,6 +146,22 @@ class _Dub:
             self._record(done)
             self.report("uploading")
 
+    async def upload_and_submit(self) -> None:
+        """Uploads and batches overlapped: each whole batch is sent as soon as its files are up, while the
+        next files upload (the API creates a batch's renders while storage takes the next files)."""
+        uploading = asyncio.create_task(self.upload())
+        try:
+            while not uploading.done():
+                await self.submit(full_only=True)
+                await asyncio.wait({uploading}, timeout=0.2)
+            uploading.result()
+        finally:
+            if not uploading.done():  # submit failed: stop uploading too, the rerun resumes both
+                uploading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await uploading
+        await self.submit()
+
     def _record(self, done: list[tuple[str, str]]) -> None:
         with self.state:  # lost on a crash? harmless: the same key gives back the same upload
             for digest, upload_id in done:
@@ -253,10 +270,13 @@ class _Dub:
                 raise exc
 
     # --- 3. batches: recorded, then sent
-    async def submit(self) -> None:
+    async def submit(self, *, full_only: bool = False) -> None:
+        """Send what is uploaded, in batches; ``full_only``: only whole batches (uploads are still going)."""
         for key in self.state.unsent_batches():  # from a run that stopped before hearing back
             await self._send(key)
         while items := self.state.ready_for_batch(self.o.batch_size):
+            if full_only and len(items) < self.o.batch_size:
+                return
             uploads = {i.hash: self.state.upload_of(i.hash) for i in items}
             key = batch_key(self.o.subject_id,
                             ((i.ref, i.hash, uploads[i.hash], i.mode, i.attempt) for i in items))  # fmt: skip
@@ -374,8 +394,7 @@ async def dub(api: AsyncClient, opts: DubOptions, progress: Progress | None = No
         await asyncio.to_thread(lambda: None)  # let a caller's progress display draw first
         run.ingest()
         for _ in range(3):  # a second round only where an upload expired and must be made again
-            await run.upload()
-            await run.submit()
+            await run.upload_and_submit()
             if not run.state.files_to_upload(1):
                 break
         if opts.wait:
