@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Message
 
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import checked_upload, store_direct
@@ -46,7 +47,7 @@ async def read_fields(
                 413, "file_too_large",
                 f"Direct uploads are limited to {limit / 1e6:.0f} MB; use POST /v1/uploads for larger files.",
             )  # fmt: skip
-        form = await request.form(**FORM_LIMITS)
+        form = await bounded(request, limit + (1 << 20)).form(**FORM_LIMITS)
         part = form.get(file_field)
         if not isinstance(part, UploadFile):
             raise ApiProblem(422, "invalid_request", f"The form needs a file part named {file_field!r}.")
@@ -82,6 +83,26 @@ def openapi_body(model: type[BaseModel], file_field: str) -> dict:
             "content": {"application/json": {"schema": schema}, "multipart/form-data": {"schema": multipart}},
         }
     }
+
+
+def bounded(request: Request, max_bytes: int) -> Request:
+    """The request with its body cut off at ``max_bytes``: 413 once more arrives. Content-Length is
+    checked before reading, but a chunked body announces no length, and a form's files are spooled to
+    disk as they come: this bounds them whatever the client says."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise ApiProblem(
+                    413, "file_too_large", f"The request body is larger than {max_bytes / 1e6:.0f} MB."
+                )
+        return message
+
+    return Request(request.scope, receive)
 
 
 def _validate(model: type[BaseModel], data: dict) -> dict:

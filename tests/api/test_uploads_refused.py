@@ -285,6 +285,45 @@ def test_a_direct_upload_over_the_limit_is_413(tmp_path, media, declared: bool):
         api.close()
 
 
+@pytest.mark.parametrize("route", ["/v1/subjects", "/v1/uploads/files"])
+def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(tmp_path, monkeypatch, route: str):
+    """A chunked request announces no Content-Length: the body is counted as it arrives and refused with
+    413 once over the limit (1 MB here), before the form parser has spooled it to disk; nothing is
+    created or stored."""
+    import starlette.formparsers
+
+    from services.api.routers import uploads
+
+    spooled = [0]
+
+    class Spool(starlette.formparsers.SpooledTemporaryFile):  # counts what the form parser writes
+        def write(self, data):
+            spooled[0] += len(data)
+            return super().write(data)
+
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", Spool)
+    monkeypatch.setattr(uploads, "INLINE_CALL_MAX", 1 << 20)
+    api = make_api(tmp_path, direct_upload_max_bytes=1 << 20)
+    field = "video" if route == "/v1/subjects" else "file"
+
+    def body():  # 40 MB of form in 64 KB chunks: httpx sends a generator chunked, with no length
+        yield f'--b\r\nContent-Disposition: form-data; name="{field}"; filename="t.mp4"\r\n\r\n'.encode()
+        for _ in range(640):
+            yield b"\0" * 65536
+        yield b"\r\n--b--\r\n"
+
+    try:
+        r = api.client().post(
+            route, content=body(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
+        assert "content-length" not in r.request.headers
+        assert_problem(r, 413, "file_too_large")
+        assert spooled[0] <= 2 << 20, f"{spooled[0]} bytes spooled to disk for a 1 MB limit"
+        assert count(api, Upload) == 0 and stored(api) == []
+    finally:
+        api.close()
+
+
 def test_an_upload_declared_over_media_max_bytes_is_413(tmp_path):
     api = make_api(tmp_path, media_max_bytes=10_000_000)
     try:

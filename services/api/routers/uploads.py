@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from services.api.deps import CurrentTenant, Platform, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import ACCEPTED_TYPES, safe_filename, store_inline
 from services.api.problems import ApiProblem
+from services.api.resources import bounded
 from shared.db.models import Upload, new_id, utcnow
 from shared.jobs import keys
 from shared.jobs.views import rfc3339
@@ -151,7 +152,14 @@ async def upload_files(
             413, "file_too_large",
             f"Files sent inline are limited to {INLINE_CALL_MAX >> 20} MB per call; send fewer, or use POST /v1/uploads.",
         )  # fmt: skip
-    form = await request.form(max_files=MAX_ITEMS, max_fields=MAX_ITEMS)
+    form = await bounded(request, INLINE_CALL_MAX).form(max_files=MAX_ITEMS, max_fields=MAX_ITEMS)
+    try:
+        return await _store_files(request, platform, session, tenant, form)
+    finally:
+        await form.close()  # the spooled parts: deleted now, not when collected
+
+
+async def _store_files(request: Request, platform: Platform, session, tenant, form: FormData) -> JSONResponse:
     parts = [p for p in form.getlist("file") if isinstance(p, UploadFile)]
     if not parts or len(parts) != len(form.getlist("file")):
         raise ApiProblem(422, "invalid_request", "The form needs one or more file parts named 'file'.")
