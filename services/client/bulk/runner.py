@@ -182,7 +182,9 @@ class _Dub:
                 try:
                     contents = await asyncio.to_thread(lambda c=call: [Path(r[2]).read_bytes() for r in c])
                 except FileNotFoundError as exc:  # moved while dubbing: set that one aside
-                    gone = next(r for r in call if Path(r[2]) == Path(exc.filename or ""))
+                    gone = next((r for r in call if Path(r[2]) == Path(exc.filename or "")), None)
+                    if gone is None:
+                        raise
                     with self.state:
                         self.state.fail_hash(
                             gone[0], f"{Path(gone[2]).name}: file not found (moved while dubbing?)"
