@@ -42,8 +42,30 @@ class _HashEncode(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, embeddings = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
-        g_emb, g_x = ctx.ext.hash_encode_backward(grad_out.contiguous(), x, embeddings, *ctx.args, need_x)
+        # the CPU build reads the gradient through its strides (a slice of a concatenation's or an expanded
+        # gradient is not copied); the CUDA kernels want it contiguous
+        strided = getattr(ctx.ext, "STRIDED_HASH_GRAD", False) and grad_out.dtype == torch.float32
+        grad_out = grad_out if strided else grad_out.contiguous()
+        g_emb, g_x = ctx.ext.hash_encode_backward(grad_out, x, embeddings, *ctx.args, need_x)
         return (g_x if need_x else None), g_emb.to(embeddings.dtype), None, None
+
+
+class _TriPlaneEncode(torch.autograd.Function):
+    """The three planes of a TriPlaneEncoder in one CPU kernel call (tables only: x gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, planes, spec, ext, *embeddings):
+        args = _spec_args(spec)
+        out = ext.tri_plane_encode_forward(x, list(embeddings), planes, *args)
+        ctx.save_for_backward(x, *embeddings)
+        ctx.planes, ctx.ext, ctx.args = planes, ext, args
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, *embeddings = ctx.saved_tensors
+        grads = ctx.ext.tri_plane_encode_backward(grad_out.float(), x, embeddings, ctx.planes, *ctx.args)
+        return (None, None, None, None, *grads)
 
 
 def hash_encode(x: torch.Tensor, embeddings: torch.Tensor, spec: GridSpec) -> torch.Tensor:
@@ -195,6 +217,37 @@ class TriPlaneEncoder(nn.Module):
             raise KernelInputError(f"expected inputs [..., 3], got {list(x.shape)}")
         if bound is not None:
             x = (x + bound) / (2 * bound)
+        fused = self._fused_extension(x)
+        if fused is not None:
+            lead = x.shape[:-1]
+            flat = x.reshape(-1, 3).float().contiguous()
+            tables = [enc.embeddings for enc in self.planes]
+            out = _TriPlaneEncode.apply(flat, self._plane_dims, self.planes[0].spec, fused, *tables)
+            return out.reshape(*lead, self.output_dim)
         return torch.cat(
             [enc(x[..., list(p)]) for enc, p in zip(self.planes, self.PLANES, strict=True)], dim=-1
         )
+
+    def _fused_extension(self, x: torch.Tensor):
+        """The extension that encodes all three planes in one call (the C++ CPU build), else None.
+
+        Same result as the three planes one by one (tests/cuda_ext/test_hashgrid.py); not taken when x
+        needs a gradient (the fused op gives the tables theirs only) or a plane runs through tinycudann.
+        """
+        tables = [enc.embeddings for enc in self.planes]
+        if x.device != tables[0].device or any(t.dtype != torch.float32 for t in tables):
+            return None
+        if x.requires_grad and torch.is_grad_enabled():
+            return None
+        if any(
+            enc.spec != self.planes[0].spec or enc._tcnn_encoding(x.device) is not None for enc in self.planes
+        ):
+            return None
+        ext = extension_for(x.device)
+        if ext is None or not hasattr(ext, "tri_plane_encode_forward"):
+            return None
+        return ext
+
+    @property
+    def _plane_dims(self) -> torch.Tensor:
+        return torch.tensor(self.PLANES, dtype=torch.int32)

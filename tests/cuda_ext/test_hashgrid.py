@@ -94,3 +94,106 @@ def test_encoder_modules():
         ce.HashGridEncoder(2, dtype=torch.float16)(torch.rand(3, 2))
     with pytest.raises(KernelInputError, match=r"\[\.\.\., 3\]"):
         enc(torch.rand(4, 2))
+
+
+# --- the C++ CPU build's own paths: ISA copies, strided gradients, the fused tri-plane op ---------------------
+
+
+@pytest.fixture
+def cpu_isa(monkeypatch):
+    """Run the C++ hash grid on its plain x86-64 copy ("base") or the default (AVX2 where the CPU has it)."""
+
+    def use(isa: str) -> None:
+        if isa == "base":
+            monkeypatch.setenv("SYNCTALK_CPU_ISA", "base")
+        else:
+            monkeypatch.delenv("SYNCTALK_CPU_ISA", raising=False)
+
+    return use
+
+
+@pytest.mark.parametrize(
+    "dim, level_dim, layout", [(2, 1, "ngp"), (2, 8, "tcnn"), (3, 2, "ngp"), (3, 4, "tcnn")]
+)
+def test_cpu_isa_copies_agree_bit_for_bit(cpp, cpu_isa, dim, level_dim, layout):
+    # both copies do the same float operations in the same order: identical features and table gradients
+    spec = make_grid_spec(dim, 8, level_dim, 10, 8, 300, layout=layout)  # dense and hashed levels
+    emb = _table(spec).requires_grad_()
+    x = torch.rand(777, dim, generator=torch.Generator().manual_seed(3))
+    x[:5] = torch.tensor([0.0, 1.0, 0.5, 1.0 - 1e-7, 1e-7])[:, None]  # lattice edges and the far corner
+    up = torch.randn(777, 8 * level_dim, generator=torch.Generator().manual_seed(4))
+    results = []
+    for isa in ("base", "default"):
+        cpu_isa(isa)
+        out = ce.hash_encode(x, emb, spec)
+        results.append((out, torch.autograd.grad(out, emb, up)[0]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_cpu_backward_reads_strided_gradients(cpp):
+    # an expanded gradient (from .sum()) and a slice of a wider one are read in place, with the same result
+    spec = make_grid_spec(2, 6, 2, 10, 8, 128)
+    emb = _table(spec).requires_grad_()
+    x = torch.rand(500, 2, generator=torch.Generator().manual_seed(5))
+    out = ce.hash_encode(x, emb, spec)
+    wide = torch.randn(500, 40, generator=torch.Generator().manual_seed(6))
+    for up in (torch.ones(()).expand(500, 12), wide[:, 7:19]):
+        assert not up.is_contiguous()
+        g = torch.autograd.grad(out, emb, up, retain_graph=True)[0]
+        assert torch.equal(g, torch.autograd.grad(out, emb, up.contiguous(), retain_graph=True)[0])
+
+
+def _tri_plane(level_dim: int, layout: str = "ngp") -> ce.TriPlaneEncoder:
+    enc = ce.TriPlaneEncoder(num_levels=6, level_dim=level_dim, log2_hashmap_size=10, base_resolution=8,
+                             desired_resolution=200, bound=1.0, layout=layout)  # fmt: skip
+    with torch.no_grad():
+        for i, p in enumerate(enc.planes):
+            p.embeddings.copy_(_table(p.spec, seed=10 + i))
+    return enc
+
+
+@pytest.mark.parametrize("level_dim, layout", [(1, "ngp"), (2, "tcnn"), (4, "ngp")])
+def test_tri_plane_fused_op_matches_planes_and_reference(cpp, level_dim, layout):
+    # the fused CPU op (all three planes in one call) against the planes one by one (same kernels: exactly
+    # equal) and against the torch reference (features 1e-6, table gradients 1e-4 / 1e-5 as above)
+    enc = _tri_plane(level_dim, layout)
+    x = torch.rand(3, 400, 3, generator=torch.Generator().manual_seed(7)) * 2.4 - 1.2  # some outside the box
+    up = torch.randn(3, 400, enc.output_dim, generator=torch.Generator().manual_seed(8))
+    tables = [p.embeddings for p in enc.planes]
+
+    def run(fused: bool):
+        # an input that needs a gradient takes the plane-by-plane path
+        xi = x if fused else x.clone().requires_grad_()
+        out = enc(xi)
+        return out, torch.autograd.grad(out, tables, up)
+
+    with kernels(""):
+        assert enc._fused_extension(x) is not None
+        fused, planes = run(True), run(False)
+    with kernels("torch"):
+        reference = run(True)
+    assert fused[0].shape == (3, 400, 3 * 6 * level_dim)
+    assert torch.equal(fused[0], planes[0])
+    torch.testing.assert_close(fused[0], reference[0], rtol=1e-6, atol=1e-6)
+    for gf, gp, gr in zip(fused[1], planes[1], reference[1], strict=True):
+        assert torch.equal(gf, gp)
+        torch.testing.assert_close(gf, gr, rtol=1e-4, atol=1e-5)
+
+
+def test_tri_plane_fused_op_edge_cases(cpp):
+    enc = _tri_plane(2)
+    x64 = torch.rand(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with kernels(""):
+        assert enc._fused_extension(x64) is not None  # the fused op is what runs here
+        assert enc(torch.empty(0, 3)).shape == (0, 36)
+        out = enc(x64)  # converted to float32 as the planes do
+    with kernels("torch"):
+        assert enc._fused_extension(x64) is None
+        ref_out = enc(x64)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
+    with torch.no_grad(), kernels(""):  # no graph: the fused op even for an input that requires a gradient
+        x = torch.rand(9, 3).requires_grad_()
+        assert enc._fused_extension(x) is not None
+        assert torch.equal(enc(x), enc(x.detach()))
