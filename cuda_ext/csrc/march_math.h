@@ -45,7 +45,7 @@ inline MarchConsts unpack_march(const float* p, int H, int C, int max_samples) {
 }
 
 // 1 / d, away from zero, with the sign of (d >= 0) so a zero direction never gives NaN.
-HD float safe_rcp(float d) { return 1.0f / (d >= 0.0f ? fmaxf(d, RCP_EPS) : fminf(d, -RCP_EPS)); }
+HD float safe_rcp(float d) { return 1.0f / (d >= 0.0f ? maxf(d, RCP_EPS) : minf(d, -RCP_EPS)); }
 
 // Slab test; nears are at least min_near; misses get near = far = MISS.
 HD void near_far(const float* o, const float* d, const float* box, float min_near, float& near, float& far) {
@@ -55,10 +55,10 @@ HD void near_far(const float* o, const float* d, const float* box, float min_nea
     const float rd = safe_rcp(d[i]);
     const float t1 = (box[i] - o[i]) * rd;
     const float t2 = (box[3 + i] - o[i]) * rd;
-    near = fmaxf(near, fminf(t1, t2));
-    far = fminf(far, fmaxf(t1, t2));
+    near = maxf(near, minf(t1, t2));
+    far = minf(far, maxf(t1, t2));
   }
-  near = fmaxf(near, min_near);
+  near = maxf(near, min_near);
   if (near > far) near = far = MISS;
 }
 
@@ -97,10 +97,10 @@ HD float step_size(const MarchConsts& k, float t) { return clampf(t * k.dt_gamma
 // records the sample and adds dt to t. Empty cell: moves t past the cell's exit on the step grid.
 HD bool march_step(const MarchConsts& k, const uint8_t* bitfield, const float* o, const float* d,
                    const float* rd, float& t, float* x, float& dt) {
-  for (int i = 0; i < 3; ++i) x[i] = fminf(fmaxf(o[i] + t * d[i], k.box_lo[i]), k.box_hi[i]);
+  for (int i = 0; i < 3; ++i) x[i] = minf(maxf(o[i] + t * d[i], k.box_lo[i]), k.box_hi[i]);
   dt = step_size(k, t);
   float m = 0.0f;
-  for (int i = 0; i < 3; ++i) m = fmaxf(m, fabsf(x[i] - k.center[i]) * k.inv_half0[i]);
+  for (int i = 0; i < 3; ++i) m = maxf(m, fabsf(x[i] - k.center[i]) * k.inv_half0[i]);
   const int lp = level_from(m, k.C), ld = level_from(dt * k.inv_cell0, k.C);
   const int level = lp > ld ? lp : ld;
   int n[3];
@@ -111,9 +111,9 @@ HD bool march_step(const MarchConsts& k, const uint8_t* bitfield, const float* o
   for (int i = 0; i < 3; ++i) {
     const float side = d[i] >= 0.0f ? 1.0f : 0.0f;
     const float bound = k.lo[level][i] + ((float)n[i] + side) * k.cell[level][i];
-    tmin = fminf(tmin, (bound - x[i]) * rd[i]);
+    tmin = minf(tmin, (bound - x[i]) * rd[i]);
   }
-  const float target = t + fmaxf(tmin, 0.0f);
+  const float target = t + maxf(tmin, 0.0f);
   do {
     t = t + step_size(k, t);
   } while (t < target);

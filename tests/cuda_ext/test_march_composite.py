@@ -50,6 +50,37 @@ def test_march_train_matches_reference_exactly(cpp, n, cascades, perturb, max_sa
     assert (ts[:, 1] > 0).all()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_march_train_many_chunks_matches_reference_exactly(cpp, threads):
+    # the C++ marcher keeps samples per chunk of 512 rays and writes them out after a prefix sum: rays across
+    # several chunks (the last one partial), cascades, jitter and wide rays (some miss) must change nothing
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _, (r, c) = _march(1300, sphere_grid(G, 2), cascades=2, perturb=True, max_samples=24, spread=0.6)
+    finally:
+        torch.set_num_threads(old)
+    assert (c[3][:, 1] == 0).any() and (c[3][:, 1] > 0).any()
+    for a, b in zip(r, c, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_near_far_edge_cases_match_reference(cpp):
+    # the CPU build's inline min / max (instead of libm's fminf / fmaxf): zero direction components, origins
+    # on the box's faces and corners, rays along a face
+    o = torch.tensor(
+        [[-1.0, 0.0, 3.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -1.0, -3.0], [2.0, 1.0, 0.0]]
+    )
+    d = torch.tensor(
+        [[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, -0.0, 1.0], [0.0, 0.0, 1.0], [-1.0, 0.0, -0.0]]
+    )
+    for min_near in (0.0, 0.05):
+        r, c = both(ce.near_far_from_aabb, o, d, AABB, min_near)
+        for a, b in zip(r, c, strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
 def test_march_train_empty_and_full_grids(cpp):
     _, (r, c) = _march(200, torch.zeros(1, G**3))
     for out in (r, c):

@@ -1,6 +1,11 @@
 // CPU ray marching and compositing: loops over rays on ATen's (OpenMP) thread pool around the shared math.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <vector>
+
 #include "composite_math.h"
 #include "march_math.h"
 #include "ops.h"
@@ -62,6 +67,28 @@ Tensor packbits(Tensor grid, double thresh) {
   return out;
 }
 
+namespace {
+constexpr int64_t MARCH_CHUNK = 512;  // rays per chunk of march_rays_train's one marching pass
+
+// march_ray of march_math.h (same loop, same steps), keeping each sample's (t, dt) in buf: the sample
+// position is clamp(o + t * d), recomputed from t when the samples are written out.
+int march_ray_ts(const MarchConsts& k, const uint8_t* bitfield, const float* o, const float* d, float t, float far,
+                 int max_count, std::vector<float>& buf) {
+  const float rd[3] = {safe_rcp(d[0]), safe_rcp(d[1]), safe_rcp(d[2])};
+  float x[3], dt;
+  int count = 0;
+  while (t < far && count < max_count) {
+    if (march_step(k, bitfield, o, d, rd, t, x, dt)) {
+      buf.push_back(t);
+      buf.push_back(dt);
+      ++count;
+      t = t + dt;
+    }
+  }
+  return count;
+}
+}  // namespace
+
 std::vector<Tensor> march_rays_train(Tensor rays_o, Tensor rays_d, Tensor bitfield, Tensor nears, Tensor fars,
                                      Tensor noise, Tensor spec, int64_t H, int64_t C, int64_t max_samples) {
   const MarchConsts k = unpack_march(spec.data_ptr<float>(), (int)H, (int)C, (int)max_samples);
@@ -69,26 +96,50 @@ std::vector<Tensor> march_rays_train(Tensor rays_o, Tensor rays_d, Tensor bitfie
   const float *o = rays_o.data_ptr<float>(), *d = rays_d.data_ptr<float>();
   const float *pn = nears.data_ptr<float>(), *pf = fars.data_ptr<float>(), *nz = ptr_or_null(noise);
   const uint8_t* bf = bitfield.data_ptr<uint8_t>();
-  auto counts = at::empty({N}, rays_o.options().dtype(at::kLong));
-  int64_t* cnt = counts.data_ptr<int64_t>();
-  // Pass 1 counts, pass 2 writes at the exclusive prefix sum: the output is dense and ray-major.
-  at::parallel_for(0, N, GRAIN, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      cnt[i] = march_ray(k, bf, o + 3 * i, d + 3 * i, perturbed_start(k, pn[i], nz, (int)i), pf[i], k.max_samples,
-                         nullptr, nullptr, nullptr);
+  auto rays = at::empty({N, 2}, rays_o.options().dtype(at::kInt));
+  int* pr = rays.data_ptr<int>();
+  // One marching pass: each chunk of rays keeps its samples' (t, dt) in its own buffer and each ray's count
+  // in rays[:, 1]; then offsets are the exclusive prefix sum of the counts, and each chunk writes its
+  // samples out at its rays' offsets: the output is dense and ray-major, as before (the marching used to
+  // run twice, once to count and once to write).
+  const int64_t n_chunks = (N + MARCH_CHUNK - 1) / MARCH_CHUNK;
+  std::vector<std::vector<float>> bufs(n_chunks);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      std::vector<float>& buf = bufs[c];
+      buf.reserve(2 * 8 * MARCH_CHUNK);
+      for (int64_t i = c * MARCH_CHUNK; i < std::min(N, (c + 1) * MARCH_CHUNK); ++i)
+        pr[2 * i + 1] = march_ray_ts(k, bf, o + 3 * i, d + 3 * i, perturbed_start(k, pn[i], nz, (int)i), pf[i],
+                                     k.max_samples, buf);
+    }
   });
-  auto offsets = counts.cumsum(0) - counts;
-  const int64_t M = N ? counts.sum().item<int64_t>() : 0;
+  int64_t M = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    pr[2 * i] = (int)M;
+    M += pr[2 * i + 1];
+  }
+  TORCH_CHECK(M <= INT32_MAX, "march_rays_train: more than 2^31 samples");
   auto xyzs = at::empty({M, 3}, rays_o.options()), dirs = at::empty({M, 3}, rays_o.options());
   auto ts = at::empty({M, 2}, rays_o.options());
-  const int64_t* off = offsets.data_ptr<int64_t>();
   float *px = xyzs.data_ptr<float>(), *pd = dirs.data_ptr<float>(), *pt = ts.data_ptr<float>();
-  at::parallel_for(0, N, GRAIN, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      march_ray(k, bf, o + 3 * i, d + 3 * i, perturbed_start(k, pn[i], nz, (int)i), pf[i], k.max_samples,
-                px + 3 * off[i], pd + 3 * off[i], pt + 2 * off[i]);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const float* src = bufs[c].data();
+      for (int64_t i = c * MARCH_CHUNK; i < std::min(N, (c + 1) * MARCH_CHUNK); ++i) {
+        const float *oi = o + 3 * i, *di = d + 3 * i;
+        for (int64_t s = pr[2 * i], e = s + pr[2 * i + 1]; s < e; ++s, src += 2) {
+          const float t = src[0];
+          for (int a = 0; a < 3; ++a) {  // march_step's sample position, the same operations
+            px[3 * s + a] = minf(maxf(oi[a] + t * di[a], k.box_lo[a]), k.box_hi[a]);
+            pd[3 * s + a] = di[a];
+          }
+          pt[2 * s] = t;
+          pt[2 * s + 1] = src[1];
+        }
+      }
+      std::vector<float>().swap(bufs[c]);
+    }
   });
-  auto rays = at::stack({offsets, counts}, 1).to(at::kInt);
   return {xyzs, dirs, ts, rays};
 }
 
