@@ -5,7 +5,8 @@
 March + composite: 65,536 rays through a 128^3 occupancy grid (a sphere), up to 16 samples per ray,
 composite forward + backward with 2 extra channels. Grid encoding: tri-plane, 3 planes x 12 levels x
 2 features, 2^14 rows per level, on 1M points, forward + backward (table gradient).
-Writes the table (and JSON) to $OUT/ too when OUT is set.
+Writes the table (and JSON) to $OUT/ too when OUT is set. Each row records the 1-minute load average
+before it: on a shared machine the reference slows down more than the kernels, so compare idle runs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def timed(fn, device: str, repeat: int) -> float:
         _sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def _load() -> str:
+    """The 1-minute load average (os.getloadavg), or "-" where there is none."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "-"
 
 
 def march_composite_case(n_rays: int, device: str):
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"tri-plane hash grid fwd/bwd (3x12 levels x 2, {args.points} pts)", grid_case(args.points, dev)),
     ]
     for name, run in cases:
+        load = _load()  # the torch reference slows down more than the kernels on a busy machine
         os.environ.pop("SYNCTALK_KERNELS", None)
         fast = timed(run, dev, repeat)
         slow = None
@@ -113,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["SYNCTALK_KERNELS"] = "torch"
             slow = timed(run, dev, max(1, min(repeat, 3)))
             os.environ.pop("SYNCTALK_KERNELS", None)
-        rows.append({"case": name, "backend": backend, "seconds": fast, "reference_seconds": slow})
+        row = {"case": name, "backend": backend, "seconds": fast, "reference_seconds": slow}
+        rows.append(row | {"load_before": load})
     lines = [f"device: {machine} | torch {torch.__version__} | backend: {backend}", ""]
-    lines.append(f"| case | {backend} (ms) | torch reference (ms) | speed-up |")
-    lines.append("|---|---:|---:|---:|")
+    lines.append(f"| case | {backend} (ms) | torch reference (ms) | speed-up | 1-min load before |")
+    lines.append("|---|---:|---:|---:|---:|")
     for r in rows:
         ref_ms = f"{r['reference_seconds'] * 1e3:.1f}" if r["reference_seconds"] else "-"
         up = f"{r['reference_seconds'] / r['seconds']:.1f}x" if r["reference_seconds"] else "-"
-        lines.append(f"| {r['case']} | {r['seconds'] * 1e3:.1f} | {ref_ms} | {up} |")
+        lines.append(f"| {r['case']} | {r['seconds'] * 1e3:.1f} | {ref_ms} | {up} | {r['load_before']} |")
     text = "\n".join(lines)
     print(text)
     out_dir = os.environ.get("OUT")
