@@ -16,6 +16,7 @@ from pathlib import Path
 from gpu_worker.tasks.runner import StageRun
 from shared.db.states import JobKind
 from shared.jobs import keys
+from shared.jobs.uploads import fetch_upload
 from shared.queue.stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def subject_ingest(ctx, run: StageRun) -> dict:
 
     subject = run.job
     work = _folder(ctx, "subjects", subject.id)
-    local = ctx.storage.get_file(keys.upload_key(subject.tenant_id, subject.upload_id), work / "upload")
+    local = fetch_upload(ctx.storage, _upload(ctx, subject.upload_id), work / "upload")
     run.progress("ingest", 0.5, "checking the video")
     info = probe(local, ctx.settings, require_video=True, require_audio=True)
     if info.video.duration_s < ctx.settings.min_train_seconds:
@@ -52,6 +53,20 @@ def subject_ingest(ctx, run: StageRun) -> dict:
     ctx.storage.put_file(key, local)
     local.replace(work / Path(key).name)
     return {"source_key": key}
+
+
+def _upload(ctx, upload_id: str):
+    """The upload row (detached): where its file is stored."""
+    from shared.db.models import Upload
+    from shared.db.session import session_scope
+    from shared.storage import NotFoundError
+
+    with session_scope(ctx.engine) as s:
+        upload = s.get(Upload, upload_id)
+        if upload is None:
+            raise NotFoundError(f"The upload {upload_id} is gone.")
+        s.expunge(upload)
+        return upload
 
 
 def _source(ctx, subject) -> Path:
@@ -207,7 +222,10 @@ def render_render(ctx, run: StageRun) -> dict:
 
     renderer = ctx.renderer(subject.id, build)
     work = _folder(ctx, "renders", render.id)
-    audio = ctx.storage.get_file(render.audio_key, work / "speech")
+    if render.upload_id is not None:  # its file may be a part of a shared object
+        audio = fetch_upload(ctx.storage, _upload(ctx, render.upload_id), work / "speech")
+    else:
+        audio = ctx.storage.get_file(render.audio_key, work / "speech")
     out = work / "video.mp4"
     options = RenderOptions(mode=render.mode, start_frame=render.start_frame)
     try:

@@ -34,7 +34,7 @@ INLINE_FILE_MAX = (
 )  # a file sent in the request itself (POST /v1/uploads/files), in memory while checked
 # what may be uploaded: media, or bytes of unknown type (the probe decides what they are)
 ACCEPTED_TYPES = ("video/", "audio/", "application/octet-stream")
-CHECK_THREADS = 8  # uploads inspected at once (each waits on storage, and on a probe for non-WAV files)
+CHECK_THREADS = 16  # uploads inspected at once (each waits on storage, and on a probe for non-WAV files)
 
 
 def safe_filename(name: str | None) -> str:
@@ -111,37 +111,50 @@ def store_direct(platform, session, tenant_id: str, part: UploadFile, kind: str)
 
 
 def store_inline(platform, tenant_id: str, parts: list[UploadFile]) -> list[Upload]:
-    """Small files sent in the request itself (``POST /v1/uploads/files``): each checked (a plain WAV
-    from its header, anything else probed) and stored in one request, on the check threads; the rows
-    (received, not yet added to a session) in the parts' order. All or nothing: the first bad part, by
-    position, is raised naming ``items[i]``, and whatever was stored for the others is deleted."""
-    futures = [_pool().submit(_inline_one, platform, tenant_id, part) for part in parts]
-    results: list[Upload | BaseException] = []
-    for future in futures:
+    """Small files sent in the request itself (``POST /v1/uploads/files``): each checked on the check
+    threads (a plain WAV from its header, anything else probed), then all stored together as one object
+    (one request, not one per file), each row naming its part of it (``part_offset``, ``bytes``); the
+    rows (received, not yet added to a session) in the parts' order. All or nothing: the first bad part,
+    by position, is raised naming ``items[i]``, and nothing is stored."""
+    results: list[tuple[bytes, str, dict] | BaseException] = []
+    for future in [_pool().submit(_checked_part, platform.settings, part) for part in parts]:
         try:
             results.append(future.result())
         except Exception as exc:  # noqa: BLE001 -- every part settles before anything is raised
             results.append(exc)
-    failed = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
-    if not failed:
-        return results  # type: ignore[return-value]
-    for r in results:
-        if isinstance(r, Upload):
-            platform.storage.delete(r.storage_key)
-    i, exc = failed[0]
-    if isinstance(exc, ApiProblem):
-        raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
-    if isinstance(exc, SyncTalkError):
-        exc.message = f"items[{i}]: {exc.message}"
-        exc.args = (exc.message,)
-    raise exc
+    for i, r in enumerate(results):
+        if isinstance(r, ApiProblem):
+            raise ApiProblem(r.status, r.code, f"items[{i}]: {r.detail}") from None
+        if isinstance(r, SyncTalkError):
+            r.message = f"items[{i}]: {r.message}"
+            r.args = (r.message,)
+            raise r
+        if isinstance(r, BaseException):
+            raise r
+    bundle_key = keys.upload_key(tenant_id, new_id())
+    expires = utcnow() + timedelta(seconds=platform.settings.upload_expiry_s)
+    uploads, offset = [], 0
+    with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
+        bundle = Path(d) / "bundle"
+        with open(bundle, "wb") as out:
+            for (data, content_type, probe), part in zip(results, parts, strict=True):  # type: ignore[misc]
+                out.write(data)
+                uploads.append(Upload(
+                    id=new_id(), tenant_id=tenant_id, filename=safe_filename(part.filename),
+                    content_type=content_type, bytes=len(data), storage_key=bundle_key, part_offset=offset,
+                    status="received", probe=probe, created_at=utcnow(), expires_at=expires,
+                ))  # fmt: skip
+                offset += len(data)
+        platform.storage.put_file(bundle_key, bundle, content_type="application/octet-stream")
+    return uploads
 
 
-def _inline_one(platform, tenant_id: str, part: UploadFile) -> Upload:
+def _checked_part(settings, part: UploadFile) -> tuple[bytes, str, dict]:
+    """(the file's bytes, its content type, the probe's description), or the error that refuses it."""
     from gpu_worker.media.probe import probe_head
     from gpu_worker.media.probe_wav import HEAD_BYTES
 
-    settings, shown = platform.settings, safe_filename(part.filename)
+    shown = safe_filename(part.filename)
     content_type = (part.content_type or "application/octet-stream").strip().lower()
     if not content_type.startswith(ACCEPTED_TYPES):
         raise ApiProblem(
@@ -160,20 +173,11 @@ def _inline_one(platform, tenant_id: str, part: UploadFile) -> Upload:
         raise ApiProblem(422, "empty_file", f"{shown} is empty (0 bytes).")
     info = probe_head(data[:HEAD_BYTES], len(data), shown, settings)
     if info is not None:
-        probe = _described(info)
-    else:
-        with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
-            path = Path(d) / "upload"
-            path.write_bytes(data)
-            probe = probe_media(path, AUDIO, settings, shown)
-    upload_id = new_id()
-    upload = Upload(
-        id=upload_id, tenant_id=tenant_id, filename=shown, content_type=content_type, bytes=len(data),
-        storage_key=keys.upload_key(tenant_id, upload_id), status="received", probe=probe,
-        created_at=utcnow(), expires_at=utcnow() + timedelta(seconds=settings.upload_expiry_s),
-    )  # fmt: skip
-    platform.storage.put_bytes(upload.storage_key, data, content_type=content_type)
-    return upload
+        return data, content_type, _described(info)
+    with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
+        path = Path(d) / "upload"
+        path.write_bytes(data)
+        return data, content_type, probe_media(path, AUDIO, settings, shown)
 
 
 @dataclass

@@ -91,6 +91,9 @@ class Upload(Base):
     content_type: Mapped[str] = mapped_column(String(100))
     bytes: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(512))
+    # where the file starts in ``storage_key`` when it is a part of a shared object (files sent inline
+    # are stored one object per call), ``bytes`` long; None: the upload is the whole object
+    part_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | received | refused
     probe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the media layer's description
     created_at: Mapped[datetime] = mapped_column(When, default=utcnow)

@@ -145,6 +145,22 @@ class TransferReport:
     bytes: int  # bytes copied
 
 
+def check_range(start: int, length: int) -> None:
+    if start < 0 or length <= 0:
+        raise ValueError(f"a part is at least one byte from a start >= 0, not {length} from {start}")
+
+
+def copy_exactly(src: BinaryIO, out, n: int, key: str) -> None:
+    """``n`` bytes from ``src`` written to ``out`` (skipped when None); fewer there is an error."""
+    while n > 0:
+        chunk = src.read(min(n, CHUNK))
+        if not chunk:
+            raise StorageError("The stored file is shorter than the part asked for.", key=key)
+        if out is not None:
+            out.write(chunk)
+        n -= len(chunk)
+
+
 def check_expiry(expires_s: int) -> int:
     # SigV4 presigned URLs live at most 7 days; the same bound keeps local URLs honest.
     if not 1 <= int(expires_s) <= 7 * 24 * 3600:
@@ -181,6 +197,20 @@ class Storage(ABC):
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as fh:
             return fh.read()
+
+    def get_range(self, key: str, start: int, length: int, path: Path) -> Path:
+        """Download ``length`` bytes from ``start`` of ``key`` to ``path`` (written to a temporary name
+        beside it, then renamed): a file stored as a part of a shared object. :class:`StorageError`
+        when the object holds fewer bytes."""
+        from shared.storage.local import AtomicWriter
+
+        check_range(start, length)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.open_read(key) as src, AtomicWriter(path) as out:
+            copy_exactly(src, None, start, key)  # to the part's start
+            copy_exactly(src, out, length, key)
+        return path
 
     def read_head(self, key: str, n: int) -> tuple[bytes, int]:
         """The first ``n`` bytes stored at ``key`` (fewer when it is shorter) and its whole size, in one

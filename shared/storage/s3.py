@@ -34,6 +34,8 @@ from shared.storage.base import (
     check_expiry,
     check_key,
     check_prefix,
+    check_range,
+    copy_exactly,
     is_temp_name,
     join_key,
     temp_name,
@@ -263,6 +265,24 @@ class S3Storage(Storage):
 
     def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
         return self._open(key)
+
+    def get_range(self, key: str, start: int, length: int, path: Path) -> Path:
+        # one ranged GET for the part, not the whole shared object
+        check_range(start, length)
+        path = Path(path)
+        full = self._full(key)
+        self._ensure_bucket()
+        with self._mapped(key):
+            body = self._client.get_object(
+                Bucket=self.bucket, Key=full, Range=f"bytes={start}-{start + length - 1}"
+            )["Body"]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with AtomicWriter(path) as out:
+                copy_exactly(io.BufferedReader(_Body(body, self, key), CHUNK), out, length, key)
+        finally:
+            body.close()
+        return path
 
     def read_head(self, key: str, n: int) -> tuple[bytes, int]:
         # one ranged GET: the bytes, and the size from Content-Range ("bytes 0-99/1234")

@@ -22,6 +22,7 @@ from sqlalchemy import func, select, update
 from gpu_worker.media.binaries import ffmpeg_exe
 from shared.db.models import Batch, Render, Subject, Upload
 from shared.jobs import keys, lifecycle
+from shared.jobs.uploads import fetch_upload
 from shared.queue.stages import QUEUES
 
 PROBLEM = "application/problem+json"
@@ -452,7 +453,7 @@ def test_a_batch_checks_its_new_uploads_together_and_keeps_their_verdicts(api, m
     assert count(api, Render) == 14 and queued(api) == 14 and inspected == []
 
 
-def test_small_files_sent_inline_are_checked_stored_and_ready_to_use(api, media, monkeypatch):
+def test_small_files_sent_inline_are_checked_stored_and_ready_to_use(api, media, monkeypatch, tmp_path):
     from services.api import intake
 
     client = api.client()
@@ -465,8 +466,13 @@ def test_small_files_sent_inline_are_checked_stored_and_ready_to_use(api, media,
         ("t0.wav", "received"), ("t1.wav", "received"), ("t2.wav", "received"), ("a.m4a", "received")
     ]  # fmt: skip
     assert [u["bytes"] for u in made] == [len(f[1][1]) for f in files]
-    for u, f in zip(made, files, strict=True):  # stored as sent
-        assert api.platform.storage.read_bytes(keys.upload_key(api.tenant_id, u["id"])) == f[1][1]
+    with api.platform.sessions() as s:
+        rows = [s.get(Upload, u["id"]) for u in made]
+        assert len({row.storage_key for row in rows}) == 1  # one object for the call, not one per file
+        assert rows[0].storage_key.startswith(f"tenants/{api.tenant_id}/uploads/")
+        for row, f in zip(rows, files, strict=True):  # each part as sent
+            assert fetch_upload(api.platform.storage, row, tmp_path / row.id).read_bytes() == f[1][1]
+    assert len(list(api.platform.storage.list(f"tenants/{api.tenant_id}/uploads/"))) == 1
     again = client.post("/v1/uploads/files", files=files, headers={"Idempotency-Key": "inline-1"})
     assert again.json() == r.json()  # a retried call: the same uploads, nothing stored twice
     assert count(api, Upload) == 4

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from services.api.routers import events as events_router
-from shared.db.models import ApiKey, Render, Subject, utcnow
+from shared.db.models import ApiKey, Render, Subject, Upload, utcnow
 from shared.jobs import keys
 
 PROBLEM = "application/problem+json"
@@ -230,8 +230,13 @@ def check_upload_files(world: World) -> None:
     """Files B sends inline are stored under B's prefix; A naming them is answered like missing ones."""
     r = world.client("b").post("/v1/uploads/files", files=[("file", ("b.wav", WAV, "audio/wav"))] * 2)
     assert r.status_code == 201, r.text
-    for upload in r.json()["data"]:
-        assert world.platform.storage.exists(keys.upload_key(world.b_tenant, upload["id"]))
+    with world.platform.sessions() as s:
+        for upload in r.json()["data"]:
+            row = s.get(Upload, upload["id"])
+            assert row.tenant_id == world.b_tenant and row.storage_key.startswith(
+                f"tenants/{world.b_tenant}/"
+            )
+            assert world.platform.storage.exists(row.storage_key)
     theirs = [{"upload_id": u["id"]} for u in r.json()["data"]]
     r = world.client("a").post("/v1/batches", json={"subject_id": world.a["subject"], "items": theirs})
     assert r.status_code == 404 and r.json()["code"] == "upload_not_found", r.text

@@ -95,6 +95,21 @@ def test_s3_small_bytes_are_stored_in_one_request(s3_storage: S3Storage) -> None
     assert raw_objects(s3_storage) == ["t/one/first.json", "t/one/track.wav"]
 
 
+def test_get_range_fetches_one_part_of_a_shared_object(storage: Storage, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 9000  # 2.2 MB: parts that span read chunks
+    storage.put_bytes("t/r/bundle", data)
+    for start, length in ((0, 10), (1000, 1_500_000), (len(data) - 7, 7)):
+        got = storage.get_range("t/r/bundle", start, length, tmp_path / "p" / f"{start}.bin")
+        assert got.read_bytes() == data[start : start + length]
+    with pytest.raises(StorageError):  # past the end: an error, and no file left
+        storage.get_range("t/r/bundle", len(data) - 5, 10, tmp_path / "short.bin")
+    assert not (tmp_path / "short.bin").exists()
+    with pytest.raises(NotFoundError):
+        storage.get_range("t/r/missing", 0, 10, tmp_path / "missing.bin")
+    with pytest.raises(ValueError):
+        storage.get_range("t/r/bundle", 0, 0, tmp_path / "empty.bin")
+
+
 def test_list_delete_and_delete_prefix(storage: Storage) -> None:
     for key in ("a/1.txt", "a/2.txt", "a/sub/3.txt", "ab/4.txt", "b.txt"):
         storage.put_bytes(key, key.encode())

@@ -169,7 +169,7 @@ async def _store_files(request: Request, platform: Platform, session, tenant, fo
 
     def work() -> tuple[dict, None]:
         uploads = store_inline(platform, tenant.id, parts)
-        stored.extend(u.storage_key for u in uploads)
+        stored.extend({u.storage_key for u in uploads})  # the one object they share
         session.add_all(uploads)
         session.commit()
         return {"object": "list", "data": [_described(u) for u in uploads]}, None

@@ -31,6 +31,8 @@ _REUPLOAD = ("upload_not_found", "upload_incomplete")  # expired or lost: upload
 MAX_LISTED = 50
 INLINE_FILE_MAX = 1 << 20  # files up to this size are sent in the upload call itself (short speech tracks)
 INLINE_CALL_MAX = 32 << 20  # bytes per such call (the API takes 64 MB)
+INLINE_CALL_FILES = 500  # files per such call (the API takes 1000)
+INLINE_IN_FLIGHT = 2  # such calls at once
 
 
 @dataclass
@@ -168,44 +170,58 @@ class _Dub:
                 self.state.set_upload(digest, upload_id)
 
     async def _send_inline(self, rows: list[FileRow]) -> list[FileRow]:
-        """Small files sent in the calls themselves, up to INLINE_CALL_MAX bytes a call; what is left
-        for presigned uploads is returned (everything, where the server has no such route)."""
-        while rows and self._inline:
-            call, size = [], 0
-            for r in rows:
-                if call and size + r[1] > INLINE_CALL_MAX:
-                    break
-                call.append(r)
-                size += r[1]
-            rows = rows[len(call) :]
-            while call:
-                try:
-                    contents = await asyncio.to_thread(lambda c=call: [Path(r[2]).read_bytes() for r in c])
-                except FileNotFoundError as exc:  # moved while dubbing: set that one aside
-                    gone = next((r for r in call if Path(r[2]) == Path(exc.filename or "")), None)
-                    if gone is None:
-                        raise
-                    with self.state:
-                        self.state.fail_hash(
-                            gone[0], f"{Path(gone[2]).name}: file not found (moved while dubbing?)"
-                        )
-                    call = [r for r in call if r is not gone]
-                    continue
-                keys = [upload_key(d, n, ctype, Path(path).name, gen) for d, n, path, ctype, gen in call]
-                files = [(Path(r[2]).name, data, r[3]) for r, data in zip(call, contents, strict=True)]
-                try:
-                    got = await self.api.upload_files(files, idempotency_key=files_key(keys))
-                except ApiError as exc:
-                    if exc.status in (404, 405):  # a server from before POST /v1/uploads/files
-                        self._inline = False
-                        return call + rows
-                    bad = self._refused_item(exc, call)
-                    call = [r for r in call if r is not bad]
-                    continue
-                self._record([(r[0], up["id"]) for r, up in zip(call, got["data"], strict=True)])
-                self.report("uploading")
-                break
-        return rows
+        """Small files sent in the calls themselves, up to INLINE_CALL_FILES files and INLINE_CALL_MAX
+        bytes a call, INLINE_IN_FLIGHT calls at once (the API reads one call's form while it stores the
+        other's files); what is left for presigned uploads is returned (everything, where the server has
+        no such route)."""
+        calls: list[list[FileRow]] = [[]]
+        size = 0
+        for r in rows:
+            if calls[-1] and (len(calls[-1]) >= INLINE_CALL_FILES or size + r[1] > INLINE_CALL_MAX):
+                calls.append([])
+                size = 0
+            calls[-1].append(r)
+            size += r[1]
+        lanes = asyncio.Semaphore(INLINE_IN_FLIGHT)
+
+        async def send(call: list[FileRow]) -> list[FileRow]:
+            async with lanes:
+                return await self._send_inline_call(call)
+
+        left = await asyncio.gather(*(send(c) for c in calls if c))
+        return [r for rows_left in left for r in rows_left]
+
+    async def _send_inline_call(self, call: list[FileRow]) -> list[FileRow]:
+        """One call's files sent; a refused one set aside and the rest sent again. Returns the rows left
+        for presigned uploads (all of them where the server lacks the route)."""
+        while call and self._inline:
+            try:
+                contents = await asyncio.to_thread(lambda c=call: [Path(r[2]).read_bytes() for r in c])
+            except FileNotFoundError as exc:  # moved while dubbing: set that one aside
+                gone = next((r for r in call if Path(r[2]) == Path(exc.filename or "")), None)
+                if gone is None:
+                    raise
+                with self.state:
+                    self.state.fail_hash(
+                        gone[0], f"{Path(gone[2]).name}: file not found (moved while dubbing?)"
+                    )
+                call = [r for r in call if r is not gone]
+                continue
+            keys = [upload_key(d, n, ctype, Path(path).name, gen) for d, n, path, ctype, gen in call]
+            files = [(Path(r[2]).name, data, r[3]) for r, data in zip(call, contents, strict=True)]
+            try:
+                got = await self.api.upload_files(files, idempotency_key=files_key(keys))
+            except ApiError as exc:
+                if exc.status in (404, 405):  # a server from before POST /v1/uploads/files
+                    self._inline = False
+                    return call
+                bad = self._refused_item(exc, call)
+                call = [r for r in call if r is not bad]
+                continue
+            self._record([(r[0], up["id"]) for r, up in zip(call, got["data"], strict=True)])
+            self.report("uploading")
+            return []
+        return call
 
     def _refused_item(self, exc: ApiError, rows: list[FileRow]) -> FileRow:
         """The row a call refused by naming ``items[i]`` (too large, not media), set aside as bad; any
