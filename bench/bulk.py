@@ -75,7 +75,9 @@ def _manifest(path: Path, files: list[Path], n: int, prefix: str) -> Path:
     help="Different track contents in a manifest; 0: every row its own file (made for that manifest).",
 )  # fmt: skip
 @click.option("--concurrency", default=16, show_default=True)
-def main(sizes: str, distinct: int, concurrency: int) -> None:
+@click.option("--inline/--no-inline", default=True, show_default=True,
+              help="Short tracks sent in the upload calls (else a presigned PUT each).")  # fmt: skip
+def main(sizes: str, distinct: int, concurrency: int, inline: bool) -> None:
     import redis
     from platform_helpers import MotoS3, free_port, platform_env, postgres_database, synctalk
 
@@ -108,7 +110,7 @@ def main(sizes: str, distinct: int, concurrency: int) -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.3)
-            _run(base, key, tmp, [int(s) for s in sizes.split(",")], distinct, concurrency)
+            _run(base, key, tmp, [int(s) for s in sizes.split(",")], distinct, concurrency, inline)
         finally:
             if api is not None:
                 api.terminate()
@@ -118,7 +120,9 @@ def main(sizes: str, distinct: int, concurrency: int) -> None:
             drop()
 
 
-def _run(base: str, key: str, tmp: Path, sizes: list[int], distinct: int, concurrency: int) -> None:
+def _run(
+    base: str, key: str, tmp: Path, sizes: list[int], distinct: int, concurrency: int, inline: bool
+) -> None:
     from services.client import Client
 
     sys.path.insert(0, str(ROOT / "tests" / "client"))
@@ -136,7 +140,7 @@ def _run(base: str, key: str, tmp: Path, sizes: list[int], distinct: int, concur
         out = tmp / f"out{n}"
         run = subprocess.run(
             [sys.executable, "-c", CHILD, "remote", "dub", subject, str(manifest), "--out", str(out), "--no-wait",
-             "--concurrency", str(concurrency)], env=client_env, cwd=ROOT, capture_output=True, text=True,
+             "--concurrency", str(concurrency), "--inline" if inline else "--no-inline"], env=client_env, cwd=ROOT, capture_output=True, text=True,
         )  # fmt: skip
         line = [ln for ln in run.stderr.splitlines() if ln.startswith("BENCH")]
         if run.returncode != 0 or not line:
@@ -146,7 +150,7 @@ def _run(base: str, key: str, tmp: Path, sizes: list[int], distinct: int, concur
             made = sum(
                 1 for r in c.iter_renders(subject_id=subject) if (r.get("ref") or "").startswith(f"n{n}-")
             )
-        results.append({"tracks": n, "distinct_files": len(files), "submit_s": round(seconds, 1),
+        results.append({"tracks": n, "distinct_files": len(files), "inline": inline, "submit_s": round(seconds, 1),
                         "tracks_per_s": round(n / seconds), "peak_rss_mb": round(maxrss_kb / 1024, 1),
                         "renders_on_server": made})  # fmt: skip
         click.echo(json.dumps(results[-1]))

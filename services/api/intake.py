@@ -34,7 +34,7 @@ INLINE_FILE_MAX = (
 )  # a file sent in the request itself (POST /v1/uploads/files), in memory while checked
 # what may be uploaded: media, or bytes of unknown type (the probe decides what they are)
 ACCEPTED_TYPES = ("video/", "audio/", "application/octet-stream")
-CHECK_THREADS = 16  # uploads inspected at once (each waits on storage, and on a probe for non-WAV files)
+CHECK_THREADS = 8  # uploads inspected at once (each waits on storage, and on a probe for non-WAV files)
 
 
 def safe_filename(name: str | None) -> str:
