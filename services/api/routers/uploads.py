@@ -172,7 +172,7 @@ async def _store_files(request: Request, platform: Platform, session, tenant, fo
         stored.extend({u.storage_key for u in uploads})  # the one object they share
         session.add_all(uploads)
         session.commit()
-        return {"object": "list", "data": [_described(u) for u in uploads]}, None
+        return {"object": "list", "data": [_public(u) for u in uploads]}, None
 
     def drop_stored() -> None:  # stored, but the rows were not committed: nothing may name them
         for key in stored:
@@ -192,7 +192,7 @@ def _part_digests(parts: list[UploadFile]) -> list[str]:
     return out
 
 
-def _described(row: Upload) -> dict:
+def _public(row: Upload) -> dict:
     return {
         "id": row.id,
         "object": "upload",
@@ -210,4 +210,4 @@ def read_upload(upload_id: str, session: SessionDep, tenant: CurrentTenant) -> d
     row = session.scalars(select(Upload).where(Upload.tenant_id == tenant.id, Upload.id == upload_id)).first()
     if row is None:
         raise ApiProblem(404, "not_found", f"There is no upload {upload_id!r}.")
-    return _described(row)
+    return _public(row)
