@@ -72,8 +72,12 @@ constexpr int64_t MARCH_CHUNK = 512;  // rays per chunk of march_rays_train's on
 
 // march_ray of march_math.h (same loop, same steps), keeping each sample's (t, dt) in buf: the sample
 // position is clamp(o + t * d), recomputed from t when the samples are written out.
-int march_ray_ts(const MarchConsts& k, const uint8_t* bitfield, const float* o, const float* d, float t, float far,
-                 int max_count, std::vector<float>& buf) {
+// ONE_CASCADE: k.C == 1 seen by the compiler, which then drops march_step's cascade choice (always 0).
+template <bool ONE_CASCADE>
+int march_ray_ts(const MarchConsts& consts, const uint8_t* bitfield, const float* o, const float* d, float t,
+                 float far, int max_count, std::vector<float>& buf) {
+  MarchConsts k = consts;
+  if (ONE_CASCADE) k.C = 1;
   const float rd[3] = {safe_rcp(d[0]), safe_rcp(d[1]), safe_rcp(d[2])};
   float x[3], dt;
   int count = 0;
@@ -109,8 +113,8 @@ std::vector<Tensor> march_rays_train(Tensor rays_o, Tensor rays_d, Tensor bitfie
       std::vector<float>& buf = bufs[c];
       buf.reserve(2 * 8 * MARCH_CHUNK);
       for (int64_t i = c * MARCH_CHUNK; i < std::min(N, (c + 1) * MARCH_CHUNK); ++i)
-        pr[2 * i + 1] = march_ray_ts(k, bf, o + 3 * i, d + 3 * i, perturbed_start(k, pn[i], nz, (int)i), pf[i],
-                                     k.max_samples, buf);
+        pr[2 * i + 1] = (k.C == 1 ? march_ray_ts<true> : march_ray_ts<false>)(
+            k, bf, o + 3 * i, d + 3 * i, perturbed_start(k, pn[i], nz, (int)i), pf[i], k.max_samples, buf);
     }
   });
   int64_t M = 0;
