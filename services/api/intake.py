@@ -13,9 +13,11 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from fastapi import UploadFile
@@ -29,12 +31,22 @@ from shared.storage import NotFoundError
 
 CHUNK = 1 << 20
 VIDEO, AUDIO = "video", "audio"
-INLINE_FILE_MAX = (
-    16 << 20
-)  # a file sent in the request itself (POST /v1/uploads/files), in memory while checked
+# a file sent in the request itself (POST /v1/uploads/files): held in memory while it is checked
+INLINE_FILE_MAX = 16 << 20
 # what may be uploaded: media, or bytes of unknown type (the probe decides what they are)
 ACCEPTED_TYPES = ("video/", "audio/", "application/octet-stream")
 CHECK_THREADS = 8  # uploads inspected at once (each waits on storage, and on a probe for non-WAV files)
+
+
+def media_type(content_type: str | None, shown: str | None = None) -> str:
+    """A declared content type, normalized, once it is one uploads may have (415 otherwise)."""
+    normalized = (content_type or "application/octet-stream").strip().lower()
+    if not normalized.startswith(ACCEPTED_TYPES):
+        where = f"{shown}: only" if shown else "Only"
+        raise ApiProblem(
+            415, "unsupported_media", f"{where} video and audio files are accepted, not {content_type!r}."
+        )
+    return normalized
 
 
 def safe_filename(name: str | None) -> str:
@@ -62,15 +74,33 @@ def save_part(part: UploadFile, folder: Path, max_bytes: int) -> tuple[Path, int
 
 def probe_media(path: Path, kind: str, settings, shown: str) -> dict:
     """The media layer's verdict on a local file: its description, or a typed error (problem JSON)."""
-    from gpu_worker.media.probe import probe, probe_head
     from gpu_worker.media.probe_wav import HEAD_BYTES
+
+    if kind != AUDIO:
+        return _probe_file(path, kind, settings, shown)
+    with open(path, "rb") as fh:
+        head, size = fh.read(HEAD_BYTES), os.fstat(fh.fileno()).st_size
+    return probe_audio(head, size, shown, settings, lambda _: Path(path))  # the file is already here
+
+
+def probe_audio(head: bytes, size: int, shown: str, settings, whole: Callable[[Path], Path]) -> dict:
+    """The verdict on a file used for its sound, from its first bytes and size where they say everything
+    (a plain WAV: no download, no subprocess), else from the whole file, which ``whole(path)`` puts at
+    ``path`` (or returns where it already is)."""
+    from gpu_worker.media.probe import probe_head
+
+    info = probe_head(head, size, shown, settings)
+    if info is not None:
+        return _described(info)
+    with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
+        return _probe_file(whole(Path(d) / "upload"), AUDIO, settings, shown)
+
+
+def _probe_file(path: Path, kind: str, settings, shown: str) -> dict:
+    """The full probe (ffprobe or PyAV) of a local file, its messages naming ``shown``."""
+    from gpu_worker.media.probe import probe
     from gpu_worker.preprocess.errors import ClipTooShortError
 
-    if kind == AUDIO:  # a plain WAV is described by its header: no subprocess
-        with open(path, "rb") as fh:
-            info = probe_head(fh.read(HEAD_BYTES), os.fstat(fh.fileno()).st_size, shown, settings)
-        if info is not None:
-            return _described(info)
     # the probe names the file in its messages: give it the client's name, not our temp path (some
     # messages name the whole path it was given: that is cut down to the name too)
     with tempfile.TemporaryDirectory() as d:
@@ -151,17 +181,10 @@ def store_inline(platform, tenant_id: str, parts: list[UploadFile]) -> list[Uplo
 
 def _checked_part(settings, part: UploadFile) -> tuple[bytes, str, dict]:
     """(the file's bytes, its content type, the probe's description), or the error that refuses it."""
-    from gpu_worker.media.probe import probe_head
     from gpu_worker.media.probe_wav import HEAD_BYTES
 
     shown = safe_filename(part.filename)
-    content_type = (part.content_type or "application/octet-stream").strip().lower()
-    if not content_type.startswith(ACCEPTED_TYPES):
-        raise ApiProblem(
-            415,
-            "unsupported_media",
-            f"{shown}: only video and audio files are accepted, not {content_type!r}.",
-        )
+    content_type = media_type(part.content_type, shown)
     part.file.seek(0)
     data = part.file.read(INLINE_FILE_MAX + 1)
     if len(data) > INLINE_FILE_MAX:
@@ -171,13 +194,12 @@ def _checked_part(settings, part: UploadFile) -> tuple[bytes, str, dict]:
         )  # fmt: skip
     if not data:
         raise ApiProblem(422, "empty_file", f"{shown} is empty (0 bytes).")
-    info = probe_head(data[:HEAD_BYTES], len(data), shown, settings)
-    if info is not None:
-        return data, content_type, _described(info)
-    with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
-        path = Path(d) / "upload"
+
+    def whole(path: Path) -> Path:
         path.write_bytes(data)
-        return data, content_type, probe_media(path, AUDIO, settings, shown)
+        return path
+
+    return data, content_type, probe_audio(data[:HEAD_BYTES], len(data), shown, settings, whole)
 
 
 @dataclass
@@ -194,7 +216,6 @@ def inspect(platform, upload_id: str, storage_key: str, announced: int, filename
     """Check one stored upload: its header alone where that says everything (a plain WAV), else the
     whole file fetched and probed. No session: safe on a thread of its own."""
     from gpu_worker.media.errors import MediaError
-    from gpu_worker.media.probe import probe_head
     from gpu_worker.media.probe_wav import HEAD_BYTES
 
     incomplete = f"Upload {upload_id} has no data yet: PUT the file to its URL first."
@@ -208,12 +229,8 @@ def inspect(platform, upload_id: str, storage_key: str, announced: int, filename
             f"Upload {upload_id} holds {stored} of the {announced} bytes announced: PUT the whole file again.",
         ))  # fmt: skip
     try:
-        info = probe_head(head, stored, filename, platform.settings)
-        if info is not None:
-            return Verdict(probe=_described(info), size=stored)
-        with tempfile.TemporaryDirectory(prefix="synctalk-upload-") as d:
-            local = platform.storage.get_file(storage_key, Path(d) / "upload")
-            return Verdict(probe=probe_media(local, AUDIO, platform.settings, filename), size=stored)
+        fetch = partial(platform.storage.get_file, storage_key)
+        return Verdict(probe=probe_audio(head, stored, filename, platform.settings, fetch), size=stored)
     except MediaError as exc:  # the file itself is unusable (a storage hiccup is not its fault: raised)
         return Verdict(refusal=exc, size=stored)
     except NotFoundError:  # deleted between the two reads

@@ -15,7 +15,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from services.api.deps import CurrentTenant, Platform, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
-from services.api.intake import ACCEPTED_TYPES, safe_filename, store_inline
+from services.api.intake import media_type, safe_filename, store_inline
 from services.api.problems import ApiProblem
 from services.api.resources import bounded
 from shared.db.models import Upload, new_id, utcnow
@@ -48,12 +48,7 @@ def _checked_type(body: UploadCreate, settings) -> str:
             "file_too_large",
             f"The file is larger than the {settings.media_max_bytes / 1e9:.1f} GB limit.",
         )
-    content_type = body.content_type.strip().lower()
-    if not content_type.startswith(ACCEPTED_TYPES):
-        raise ApiProblem(
-            415, "unsupported_media", f"Only video and audio files are accepted, not {body.content_type!r}."
-        )
-    return content_type
+    return media_type(body.content_type)
 
 
 def _new_upload(
