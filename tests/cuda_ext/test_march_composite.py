@@ -108,6 +108,110 @@ def test_march_train_zero_rays_and_non_contiguous_input(cpp):
         assert torch.equal(x, y)
 
 
+def _hard_rays(n: int, seed: int = 7):
+    """Rays from outside, inside and on the box, some along the axes (zero direction components), some missing."""
+    g = torch.Generator().manual_seed(seed)
+    o = torch.cat(
+        [torch.randn(n // 2, 3, generator=g) * 2.5, torch.rand(n - n // 2, 3, generator=g) * 1.8 - 0.9]
+    )
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+    d[:40] = torch.tensor([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]).repeat(
+        10, 1
+    )
+    o[:8] = torch.tensor([[-1.0, 0.0, 0.3], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, -1.0, 0.5]]).repeat(2, 1)
+    return o, d
+
+
+def _isa_runs(monkeypatch, fn):
+    """fn() on the default CPU copy (AVX2 where the CPU has it), the plain copy and the torch reference."""
+    monkeypatch.delenv("SYNCTALK_CPU_ISA", raising=False)
+    default = fn()
+    monkeypatch.setenv("SYNCTALK_CPU_ISA", "base")
+    plain = fn()
+    monkeypatch.delenv("SYNCTALK_CPU_ISA", raising=False)
+    with kernels("torch"):
+        reference = fn()
+    return default, plain, reference
+
+
+@pytest.mark.parametrize(
+    "cascades, grid_size, dt_gamma, max_samples",
+    [(1, 32, 0.0, 12), (1, 16, 1 / 256, 64), (3, 32, 1 / 128, 24)],
+)
+def test_march_train_eight_lane_copy_matches_plain_loop_and_reference(
+    cpp, monkeypatch, cascades, grid_size, dt_gamma, max_samples
+):
+    # The AVX2 marcher (eight rays per register, where the CPU has AVX2) against the plain per-ray loop
+    # (SYNCTALK_CPU_ISA=base) and the reference, bit for bit. A random grid (many occupied / empty switches per
+    # ray), several cascades (a per-lane cascade choice), rays from outside, inside and on the box, rays along
+    # the axes (zero direction components), some that miss, jitter, and a sample budget that some rays reach.
+    n = 1100  # three chunks, the last one partial; more rays than lanes end at once
+    o, d = _hard_rays(n)
+    g = torch.Generator().manual_seed(7)
+    grid = (torch.rand(cascades, grid_size**3, generator=g) < 0.3).float() * 10
+    bitfield = ce.packbits(grid, 0.01)
+    nears, fars = ce.near_far_from_aabb(o, d, AABB)
+    kw = dict(grid_size=grid_size, cascades=cascades, dt_gamma=dt_gamma, max_samples_per_ray=max_samples)
+
+    for perturb in (False, True):
+
+        def run(perturb=perturb):
+            gen = torch.Generator().manual_seed(3)
+            return ce.march_rays_train(
+                o, d, AABB, bitfield, nears, fars, perturb=perturb, generator=gen, **kw
+            )
+
+        default, plain, reference = _isa_runs(monkeypatch, run)
+        counts = default[3][:, 1]
+        assert (counts == max_samples).any() and ((counts > 0) & (counts < max_samples)).any()
+        assert (counts == 0).any()
+        for a, b, r in zip(default, plain, reference, strict=True):
+            assert torch.equal(a, b) and torch.equal(a, r)
+
+
+@pytest.mark.parametrize("cascades, n_step, perturb", [(1, 1, False), (1, 8, True), (3, 4, True)])
+def test_inference_round_eight_lane_copy_matches_plain_loop_and_reference(
+    cpp, monkeypatch, cascades, n_step, perturb
+):
+    # one march_rays round: slots of dead rays (-1) are skipped, rays resume mid-way (rays_t past near), slots a
+    # ray does not fill stay zero; the eight-lane copy, the plain loop and the reference agree bit for bit
+    n = 900
+    o, d = _hard_rays(n, seed=11)
+    g = torch.Generator().manual_seed(5)
+    grid = (torch.rand(cascades, G**3, generator=g) < 0.3).float() * 10
+    bitfield = ce.packbits(grid, 0.01)
+    nears, fars = ce.near_far_from_aabb(o, d, AABB)
+    alive = torch.randperm(n, generator=g)[:700].int()
+    alive[::9] = -1
+    rays_t = nears[alive.clamp_min(0).long()] + torch.rand(700, generator=g) * 0.5
+
+    def run():
+        gen = torch.Generator().manual_seed(3)
+        return ce.march_rays(
+            650, n_step, alive, rays_t, o, d, AABB, bitfield,
+            grid_size=G, cascades=cascades, dt_gamma=1 / 128, perturb=perturb, generator=gen, fars=fars,
+        )  # fmt: skip
+
+    default, plain, reference = _isa_runs(monkeypatch, run)
+    filled = (default[2][:, 1] > 0).reshape(650, n_step)
+    assert filled.all(1).any() and (~filled).all(1).any()
+    assert n_step == 1 or (filled.any(1) & ~filled.all(1)).any()  # rays that end mid-round
+    assert not filled[::9].any()  # dead slots march nothing
+    for a, b, r in zip(default, plain, reference, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, r)
+
+
+def test_march_train_bitfield_not_in_whole_words_takes_the_plain_loop(cpp):
+    # a 2^3 grid packs into one byte: the eight-lane copy reads 32-bit words, so such a grid marches per ray
+    o, d = camera_rays(50, spread=0.6)
+    nears, fars = ce.near_far_from_aabb(o, d, AABB)
+    bitfield = ce.packbits(torch.tensor([[10.0, 0, 10, 0, 0, 10, 10, 0]]), 0.01)
+    r, c = both(ce.march_rays_train, o, d, AABB, bitfield, nears, fars, grid_size=2, max_samples_per_ray=64)
+    assert c[0].shape[0] > 0
+    for a, b in zip(r, c, strict=True):
+        assert torch.equal(a, b)
+
+
 def _composite_inputs(n_rays, max_count, extras_dim, seed=0):
     g = torch.Generator().manual_seed(seed)
     counts = torch.randint(0, max_count + 1, (n_rays,), generator=g)

@@ -13,19 +13,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
+#include "isa.h"
 #include "ops.h"
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define STK_HAVE_AVX2_CLONE 1
-#define STK_INLINE inline __attribute__((always_inline))
-#else
-#define STK_HAVE_AVX2_CLONE 0
-#define STK_INLINE inline
-#endif
 
 namespace stk::cpu {
 
@@ -231,17 +222,6 @@ __attribute__((target("avx2"))) void table_grad_range_avx2(const Grid<D>* grids,
   table_grad_range<D, C>(grids, g, N, grad, gs0, gs1, u0, u1);
 }
 #endif
-
-// AVX2 where the CPU has it, unless SYNCTALK_CPU_ISA=base (how the tests run the plain copy too).
-bool use_avx2() {
-#if STK_HAVE_AVX2_CLONE
-  const char* isa = std::getenv("SYNCTALK_CPU_ISA");
-  if (isa && std::strcmp(isa, "base") == 0) return false;
-  return __builtin_cpu_supports("avx2");
-#else
-  return false;
-#endif
-}
 
 template <int D, int C>
 void forward_grids(const Grid<D>* grids, int n_grids, const GridLevels& g, int64_t N, float* out, int64_t width) {

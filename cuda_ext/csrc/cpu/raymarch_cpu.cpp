@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "composite_math.h"
+#include "isa.h"
+#include "march_lanes.h"
 #include "march_math.h"
 #include "ops.h"
 
@@ -102,19 +104,32 @@ std::vector<Tensor> march_rays_train(Tensor rays_o, Tensor rays_d, Tensor bitfie
   const uint8_t* bf = bitfield.data_ptr<uint8_t>();
   auto rays = at::empty({N, 2}, rays_o.options().dtype(at::kInt));
   int* pr = rays.data_ptr<int>();
-  // One marching pass: each chunk of rays keeps its samples' (t, dt) in its own buffer and each ray's count
-  // in rays[:, 1]; then offsets are the exclusive prefix sum of the counts, and each chunk writes its
-  // samples out at its rays' offsets: the output is dense and ray-major, as before (the marching used to
-  // run twice, once to count and once to write).
+  // One marching pass: each chunk of rays keeps its samples' (t, dt) in its own buffer (ray i's from
+  // first[i] on) and each ray's count in rays[:, 1]; then offsets are the exclusive prefix sum of the counts,
+  // and each chunk writes its samples out at its rays' offsets: the output is dense and ray-major, as before
+  // (the marching used to run twice, once to count and once to write). Where the CPU has AVX2, a chunk's rays
+  // are marched eight at a time (march_lanes.h), which needs the bitfield in whole 32-bit words.
   const int64_t n_chunks = (N + MARCH_CHUNK - 1) / MARCH_CHUNK;
   std::vector<std::vector<float>> bufs(n_chunks);
+  std::vector<int64_t> first(N);
+  const bool eight_lanes = use_avx2() && bitfield.numel() % 4 == 0;
   at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
       std::vector<float>& buf = bufs[c];
       buf.reserve(2 * 8 * MARCH_CHUNK);
-      for (int64_t i = c * MARCH_CHUNK; i < std::min(N, (c + 1) * MARCH_CHUNK); ++i)
+      const int64_t b = c * MARCH_CHUNK, e = std::min(N, b + MARCH_CHUNK);
+#if STK_HAVE_AVX2_CLONE
+      if (eight_lanes) {
+        lanes::TrainRays rays(k, o, d, pn, pf, nz, b, e, pr, first.data(), buf);
+        (k.C == 1 ? lanes::march<true, lanes::TrainRays> : lanes::march<false, lanes::TrainRays>)(k, bf, rays);
+        continue;
+      }
+#endif
+      for (int64_t i = b; i < e; ++i) {
+        first[i] = (int64_t)(buf.size() / 2);
         pr[2 * i + 1] = (k.C == 1 ? march_ray_ts<true> : march_ray_ts<false>)(
             k, bf, o + 3 * i, d + 3 * i, perturbed_start(k, pn[i], nz, (int)i), pf[i], k.max_samples, buf);
+      }
     }
   });
   int64_t M = 0;
@@ -128,9 +143,8 @@ std::vector<Tensor> march_rays_train(Tensor rays_o, Tensor rays_d, Tensor bitfie
   float *px = xyzs.data_ptr<float>(), *pd = dirs.data_ptr<float>(), *pt = ts.data_ptr<float>();
   at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      const float* src = bufs[c].data();
       for (int64_t i = c * MARCH_CHUNK; i < std::min(N, (c + 1) * MARCH_CHUNK); ++i) {
-        const float *oi = o + 3 * i, *di = d + 3 * i;
+        const float *oi = o + 3 * i, *di = d + 3 * i, *src = bufs[c].data() + 2 * first[i];
         for (int64_t s = pr[2 * i], e = s + pr[2 * i + 1]; s < e; ++s, src += 2) {
           const float t = src[0];
           for (int a = 0; a < 3; ++a) {  // march_step's sample position, the same operations
@@ -159,7 +173,14 @@ std::vector<Tensor> march_rays(int64_t n_alive, int64_t n_step, Tensor rays_aliv
   const int* alive = rays_alive.data_ptr<int>();
   const uint8_t* bf = bitfield.data_ptr<uint8_t>();
   float *px = xyzs.data_ptr<float>(), *pd = dirs.data_ptr<float>(), *pt = ts.data_ptr<float>();
+  const bool eight_lanes = use_avx2() && bitfield.numel() % 4 == 0;  // see march_rays_train
   at::parallel_for(0, n_alive, GRAIN, [&](int64_t b, int64_t e) {
+#if STK_HAVE_AVX2_CLONE
+    if (eight_lanes) {
+      lanes::RoundRays rays{k, o, d, pf, prt, nz, alive, b, e, (int)n_step, px, pd, pt};
+      return (k.C == 1 ? lanes::march<true, lanes::RoundRays> : lanes::march<false, lanes::RoundRays>)(k, bf, rays);
+    }
+#endif
     for (int64_t n = b; n < e; ++n) {
       const int id = alive[n];
       if (id < 0) continue;
