@@ -6,14 +6,25 @@ time, AVE codes [512] go straight in, HuBERT pairs [2, 1024] are flattened.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from gpu_worker.model.config import AudioNetConfig
 
 
+def _relu() -> nn.Module:
+    # in place: the activation follows a Linear, whose gradient needs its input, not its output; on the
+    # CPU this saves allocating (and page-faulting in) one more [M, hidden] tensor per layer
+    return nn.ReLU(inplace=True)
+
+
 def mlp(
-    in_dim: int, hidden: tuple[int, ...] | list[int], out_dim: int, act: type[nn.Module] = nn.ReLU
+    in_dim: int,
+    hidden: tuple[int, ...] | list[int],
+    out_dim: int,
+    act: Callable[[], nn.Module] = _relu,
 ) -> nn.Sequential:
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden]
@@ -29,10 +40,11 @@ class _MelFrontEnd(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
+            # activations in place: a convolution's gradient needs its input, not its output
             nn.Conv1d(80, 64, 3, stride=2, padding=1),  # 16 -> 8 time steps
-            nn.LeakyReLU(0.02),
+            nn.LeakyReLU(0.02, inplace=True),
             nn.Conv1d(64, 64, 3, stride=2, padding=1),  # 8 -> 4
-            nn.LeakyReLU(0.02),
+            nn.LeakyReLU(0.02, inplace=True),
         )
         self.out_dim = 256
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from gpu_worker.model.audio_net import mlp
 from gpu_worker.model.config import FieldConfig
-from gpu_worker.model.kernels import plane_grid
+from gpu_worker.model.kernels import tri_plane_grid
 
 
 def sh_encode(d: torch.Tensor, degree: int) -> torch.Tensor:
@@ -78,7 +78,12 @@ class TriPlaneField(nn.Module):
         c = config
         self.config = c
         self.register_buffer("aabb", aabb.clone().float())
-        self.planes = nn.ModuleList(plane_grid(c) for _ in range(3))
+        tri_plane = tri_plane_grid(c)
+        # the tables stay the field's own modules (state_dict keys field.planes.{0,1,2}.embeddings, as
+        # model files have them); the encoder that runs them is kept out of the module tree, where it
+        # would register every table a second time
+        self.planes = tri_plane.planes
+        object.__setattr__(self, "_tri_plane", tri_plane)
         enc_dim = 3 * c.num_levels * c.level_dim
         self.audio_attn = mlp(enc_dim, [c.attn_hidden_dim], c.audio_dim)
         self.exp_attn = mlp(enc_dim, [c.attn_hidden_dim], c.exp_dim)
@@ -116,12 +121,13 @@ class TriPlaneField(nn.Module):
         return list(self.planes.parameters())
 
     def encode(self, xyz: torch.Tensor) -> torch.Tensor:
-        """World points [M, 3] -> enc_x [M, 3 * L * F]."""
+        """World points [M, 3] -> enc_x [M, 3 * L * F]: the xy, yz and xz planes, concatenated.
+
+        One fused kernel call for the three planes on the CPU when xyz needs no gradient (training's
+        marched samples); plane by plane otherwise (CUDA, tinycudann, gradients for xyz)."""
         lo, hi = self.aabb[:3], self.aabb[3:]
         u = ((xyz - lo) / (hi - lo)).clamp(0, 1)
-        return torch.cat(
-            [self.planes[0](u[:, [0, 1]]), self.planes[1](u[:, [1, 2]]), self.planes[2](u[:, [0, 2]])], -1
-        ).float()
+        return self._tri_plane(u).float()
 
     def _point_features(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What depends on the point alone: enc_x [M, E] and the audio / expression attention [M, A] / [M, 7]."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cuda_ext import (
     HashGridEncoder,
+    TriPlaneEncoder,
     backend_name,
     composite_rays,
     composite_rays_train,
@@ -31,6 +32,7 @@ __all__ = [
     "near_far_from_aabb",
     "packbits",
     "plane_grid",
+    "tri_plane_grid",
 ]
 
 
@@ -66,4 +68,19 @@ def plane_grid(config) -> HashGridEncoder:
         c.base_resolution,
         c.desired_resolution,
         c.grid_layout,
+    )
+
+
+def tri_plane_grid(config) -> TriPlaneEncoder:
+    """The xy, yz and xz plane grids of a FieldConfig, each as ``plane_grid`` builds it: inputs in
+    [0, 1]^3 -> [P, 3 * num_levels * level_dim]. Where it applies (CPU tables, inputs that need no
+    gradient) cuda_ext encodes the three planes in one fused call."""
+    c = config
+    return TriPlaneEncoder(
+        num_levels=c.num_levels,
+        level_dim=c.level_dim,
+        log2_hashmap_size=c.log2_hashmap_size,
+        base_resolution=c.base_resolution,
+        desired_resolution=c.desired_resolution,
+        layout=c.grid_layout,
     )
