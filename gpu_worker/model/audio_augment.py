@@ -38,11 +38,22 @@ class MelAugment:
     def active(self) -> bool:
         return self.warp > 0 or self.gain_db > 0
 
+    def applies_to(self, feature_shape: tuple[int, ...] | torch.Size) -> bool:
+        """Whether windows of features of this shape ([..., 80, T] log-mel) are augmented (draw random numbers)."""
+        return self.active and tuple(feature_shape[-2:]) == (audio_mod.N_MELS, audio_mod.WINDOW_FRAMES)
+
+    def draw(self, f: int, generator: torch.Generator) -> torch.Tensor:
+        """The random numbers of F windows [F, 2] in [-1, 1) (warp, gain), drawn on the CPU generator."""
+        return torch.rand(f, 2, generator=generator) * 2 - 1
+
     def __call__(self, feats: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if not self.active or feats.shape[-2:] != (audio_mod.N_MELS, audio_mod.WINDOW_FRAMES):
+        if not self.applies_to(feats.shape):
             return feats
-        f = feats.shape[0]
-        u = torch.rand(f, 2, generator=generator) * 2 - 1  # [F, 2] in [-1, 1): drawn on the CPU generator
+        return self.apply(feats, self.draw(feats.shape[0], generator))
+
+    def apply(self, feats: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``feats`` [F, W, 80, T] warped and offset by the draws ``u`` [F, 2] (``draw``), each window by its own
+        row: windows drawn at different times can go through in one call."""
         out = feats
         if self.warp > 0:
             alpha = torch.exp(u[:, 0] * self.warp)  # [F] formant scale factor

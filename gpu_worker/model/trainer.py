@@ -157,7 +157,10 @@ class Trainer:
             ],
             betas=(0.9, 0.99),
             eps=1e-15,
-            foreach=True,  # a few fused calls per step instead of ~10 per parameter tensor
+            # a few fused calls per step instead of ~10 per parameter tensor. On the CPU foreach is a loop
+            # over the tensors; the fused kernel does it in one pass (same update up to rounding:
+            # tests/model/test_field_speed_paths.py). CUDA keeps foreach, as measured with the GradScaler.
+            **({"fused": True} if self.device.type == "cpu" else {"foreach": True}),
         )
         total = max(self.config.steps_of(stage), 1)
         final = t.lr_final_factor
@@ -260,17 +263,24 @@ class Trainer:
         tmp.replace(self.out_dir / "config.json")
 
     # ---- steps ------------------------------------------------------------------------------------
-    def _audio_codes(self, frames: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        """Frames [F] -> their audio codes enc_a [F, A] (each from its window of features); ``augment``
-        puts each window through the speaker augmentation first (the losses that teach the audio)."""
+    def _audio_codes(self, frames: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames [F] -> their audio codes enc_a [F, A] (each from its window of features). ``draws``
+        [F, 2] (``_augment_draws``): each window goes through the speaker augmentation with its row first
+        (the losses that teach the audio)."""
         idx = window_indices(frames, self.config.audio.window, self.spec.n_frames)  # [F, W]
         feats = self.feats[idx]  # [F, W, *feature_shape]
-        if augment:
-            feats = self.audio_augment(feats, self.gen)
+        if draws is not None:
+            feats = self.audio_augment.apply(feats, draws)
         return self.model.audio_code(feats)
 
-    def _conditions(self, index: int, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        enc_a = self._audio_codes(torch.tensor([index], device=self.device), augment)[0]  # [A]
+    def _augment_draws(self, f: int) -> torch.Tensor | None:
+        """The speaker augmentation's random numbers for F windows [F, 2], or None where it does not apply."""
+        if not self.audio_augment.applies_to(self.spec.feature_shape):
+            return None
+        return self.audio_augment.draw(f, self.gen)
+
+    def _conditions(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        enc_a = self._audio_codes(torch.tensor([index], device=self.device))[0]  # [A]
         return enc_a, self.expr[index]
 
     def _update_grid(self) -> None:
@@ -280,14 +290,31 @@ class Trainer:
             conds = [self._conditions(int(ids[int(p)])) for p in picks]
         self.model.update_grid(conds, self.gen)
 
+    def _step_audio_codes(self, frames: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augmented audio codes of the step's frames [F, A] and, with the lip-sync loss on, the loss's
+        frames and theirs ([B], [B, A]), from one audio-net call: the net treats each window alone, so
+        it gives what two calls did, up to rounding. The random draws are made in the order two calls
+        made them (the step's augmentation, the loss's frames, their augmentation): the same run."""
+        step = torch.tensor(frames, device=self.device)  # [F]
+        draws = [self._augment_draws(len(frames))]
+        lip = None
+        if self.config.loss.lip_sync > 0:
+            ids = self.info.train_ids
+            picks = torch.randint(len(ids), (self.config.loss.lip_sync_frames,), generator=self.gen)
+            lip = torch.as_tensor(ids[picks.numpy()], device=self.device)  # [B]
+            draws.append(self._augment_draws(len(lip)))
+        both = step if lip is None else torch.cat([step, lip])  # [F + B]
+        codes = self._audio_codes(both, None if draws[0] is None else torch.cat(draws))  # [F + B, A]
+        return codes[: len(frames)], None if lip is None else (lip, codes[len(frames) :])
+
     def _head_step(self, stage: str, batch: RayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         lc = self.config.loss
+        enc_a, lip = self._step_audio_codes([batch.index] if batch.group is None else batch.frames)
         if batch.group is None:
-            enc_a, exp = self._conditions(batch.index, augment=True)
+            enc_a, exp = enc_a[0], self.expr[batch.index]  # [A], [7]
             latent = self.model.head_latent(batch.index)
         else:  # rays of several frames: their conditions [F, ...], gathered per sample by group
             frames = torch.tensor(batch.frames, device=self.device)
-            enc_a = self._audio_codes(frames, augment=True)  # [F, A]
             exp = self.expr[frames]  # [F, 7]
             latent = self.model.field.latents(frames)  # [F, L]
         head = self.model.render_head(
@@ -312,16 +339,12 @@ class Trainer:
             else:
                 patch = structural_patch_loss(pred, batch.rgb, batch.patches)
             losses["patch"] = lc.patch_structure * patch
-        if lc.lip_sync > 0:
-            losses["lip_sync"] = lc.lip_sync * self._lip_sync_loss()
+        if lip is not None:
+            losses["lip_sync"] = lc.lip_sync * self._lip_sync_loss(*lip)
         return sum(losses.values()), pred
 
-    def _lip_sync_loss(self) -> torch.Tensor:
-        """MSE of the lip shape predicted from the audio codes of a few random training frames."""
-        ids = self.info.train_ids
-        picks = torch.randint(len(ids), (self.config.loss.lip_sync_frames,), generator=self.gen)
-        frames = torch.as_tensor(ids[picks.numpy()], device=self.device)  # [B]
-        enc_a = self._audio_codes(frames, augment=True)  # [B, A]
+    def _lip_sync_loss(self, frames: torch.Tensor, enc_a: torch.Tensor) -> torch.Tensor:
+        """MSE of the lip shape predicted from the audio codes [B, A] of a few random training frames [B]."""
         pred = self.model.lip_head(enc_a.float())  # [B, 10]
         return ((pred - self.lip_target[frames]) ** 2).mean()
 

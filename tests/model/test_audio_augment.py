@@ -59,19 +59,26 @@ def test_the_level_offset_is_one_bounded_constant_per_window():
 
 
 def test_training_feeds_augmented_windows_to_the_audio_losses(synthetic_dataset, tmp_path, monkeypatch):
-    seen: list[tuple[int, ...]] = []
-    original = MelAugment.__call__
+    draws: list[int] = []
+    seen: list[tuple[tuple[int, ...], int]] = []
+    draw, apply = MelAugment.draw, MelAugment.apply
 
-    def spy(self, feats, generator):
-        seen.append(tuple(feats.shape))
-        return original(self, feats, generator)
+    def spy_draw(self, f, generator):
+        draws.append(f)
+        return draw(self, f, generator)
 
-    monkeypatch.setattr(MelAugment, "__call__", spy)
+    def spy_apply(self, feats, u):
+        seen.append((tuple(feats.shape), u.shape[0]))
+        return apply(self, feats, u)
+
+    monkeypatch.setattr(MelAugment, "draw", spy_draw)
+    monkeypatch.setattr(MelAugment, "apply", spy_apply)
     cfg = profile_config("tiny", "head")
     cfg.trainer.head_steps = 3
     cfg.data.audio_warp, cfg.data.audio_gain_db = 0.15, 6.0
     train_model(synthetic_dataset, tmp_path / "m", cfg)
-    # each step: the head's frames, then the lip-shape regression's frames
-    assert len(seen) == 2 * cfg.trainer.head_steps
-    assert all(s[1:] == (cfg.audio.window, 80, 16) for s in seen)
-    assert {s[0] for s in seen} >= {cfg.loss.lip_sync_frames}
+    # each step draws for the head's frames, then for the lip-shape regression's frames, and augments
+    # both sets of windows in one call
+    f, b = cfg.data.frames_per_batch, cfg.loss.lip_sync_frames
+    assert draws == [f, b] * cfg.trainer.head_steps
+    assert seen == [((f + b, cfg.audio.window, 80, 16), f + b)] * cfg.trainer.head_steps
