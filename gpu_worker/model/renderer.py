@@ -40,9 +40,15 @@ class OccupancyGrid(nn.Module):
         self,
         density_fn: Callable[[torch.Tensor], torch.Tensor],
         generator: torch.Generator,
-        chunk: int = 65536,
+        chunk: int | None = None,
     ) -> None:
-        """Refresh the densities (all cells during warm-up, a quarter afterwards) and repack the bitfield."""
+        """Refresh the densities (all cells during warm-up, a quarter afterwards) and repack the bitfield.
+
+        ``chunk``: points per density_fn call; 16384 on the CPU, where a 65536-point chunk's [65536, 87]
+        activations (22 MB) go back to the OS at every free and are page-faulted in again at every
+        allocation (measured: 110-131 ms per 65536 points in 65536-point chunks, 56 ms in 16384-point
+        ones, the same densities); 65536 on CUDA, where fewer calls mean fewer kernel launches."""
+        chunk = chunk or (65536 if self.density.device.type == "cuda" else 16384)
         n = self.density.shape[1]
         if int(self.updates) < self.config.grid_warmup_steps // max(self.config.update_every, 1):
             cells = torch.arange(n)

@@ -1,7 +1,8 @@
 """The training step's fast paths compute what the plain ones do, up to float rounding: the fused
 tri-plane encode of the head field (one kernel call for the three planes on the CPU, same tables and
 state_dict keys), one audio-net call for the step's and the lip-sync loss's frames (same random draws),
-the per-sample gather of the frames' conditions, and the fused AdamW on the CPU."""
+the per-sample gather of the frames' conditions, the fused AdamW on the CPU, and the occupancy grid's
+smaller CPU chunks."""
 
 from __future__ import annotations
 
@@ -137,3 +138,16 @@ def test_cpu_adamw_is_fused_and_takes_the_foreach_steps(synthetic_dataset, tmp_p
     for group, twin in zip(opt.param_groups, twins, strict=True):
         for p, q in zip(group["params"], twin, strict=True):
             torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_grid_update_chunks_give_the_same_densities(synthetic_dataset, tmp_path):
+    trainer = Trainer(synthetic_dataset, tmp_path / "m", profile_config("tiny", "head"))
+    field, grid = trainer.model.field, trainer.model.grid
+    conds = [trainer._conditions(int(i)) for i in trainer.info.train_ids[:2]]
+    densities = []
+    for chunk in (None, 65536, 1000):  # the CPU default (16384), the CUDA one, and many small chunks
+        grid.density.fill_(-1.0)
+        grid.updates.zero_()
+        grid.update(lambda xyz: field.max_density(xyz, conds), torch.Generator().manual_seed(4), chunk=chunk)
+        densities.append(grid.density.clone())
+    assert torch.equal(densities[0], densities[1]) and torch.equal(densities[0], densities[2])
