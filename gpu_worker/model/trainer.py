@@ -159,7 +159,7 @@ class Trainer:
             eps=1e-15,
             # a few fused calls per step instead of ~10 per parameter tensor. On the CPU foreach is a loop
             # over the tensors; the fused kernel does it in one pass (same update up to rounding:
-            # tests/model/test_field_speed_paths.py). CUDA keeps foreach, as measured with the GradScaler.
+            # tests/model/test_train_step_fast_paths.py). CUDA keeps foreach, as measured with the GradScaler.
             **({"fused": True} if self.device.type == "cpu" else {"foreach": True}),
         )
         total = max(self.config.steps_of(stage), 1)
