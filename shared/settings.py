@@ -101,8 +101,8 @@ class Settings(BaseSettings):
 
     # --- the platform: API, queue and workers ---
     default_profile: Literal["tiny", "preview", "standard", ""] = ""
-    """Training profile of a subject created without one. Empty: ``standard`` where the workers have a
-    CUDA GPU, else ``preview``."""
+    """Training profile of a subject created without one. Empty: ``standard`` when a gpu-queue worker
+    reported a CUDA GPU in the last week, else ``preview``."""
 
     worker_cache_dir: Path | None = None
     """A worker's local cache of datasets, models and sources (storage is the truth). Empty:
@@ -120,11 +120,49 @@ class Settings(BaseSettings):
     job_stale_after_s: float = 120.0
     """A running stage without a heartbeat for this long has lost its worker: the reaper requeues it."""
 
-    job_max_attempts: int = 3
-    """Runs of one stage before its job fails with ``worker_lost``."""
+    job_max_attempts: int = Field(default=3, ge=1)
+    """Runs of one stage before its job fails (``worker_lost`` when its workers kept dying)."""
 
-    rate_limit_per_minute: int = 600
-    """Requests per tenant per minute on /v1 (429 with Retry-After beyond it)."""
+    job_resend_after_s: float = Field(default=30.0, gt=0)
+    """A queued stage whose message was sent this long ago and that no worker claimed, while nothing
+    waits before it in its queue, is taken as lost by the broker and sent again (``synctalk scheduler``)."""
+
+    transient_retry_s: float = Field(default=300.0, ge=0)
+    """How long a stage keeps retrying a transient error (database, broker or storage unreachable, S3
+    5xx or throttling) in place, with backoff, before it hands the stage back to the queue."""
+
+    scheduler_every_s: float = Field(default=2.0, gt=0)
+    """How often ``synctalk scheduler`` sends due stages, delivers webhooks and checks for lost ones."""
+
+    event_retention_days: float = Field(default=7.0, gt=0)
+    """Job events (the SSE log) and finished webhook deliveries older than this are pruned; expired
+    idempotency keys and expired, never used uploads go too."""
+
+    worker_cache_max_bytes: int = Field(default=50 * 1024**3, ge=0)
+    """Largest size of a worker's local cache; the least recently used subjects and renders are removed
+    beyond it (never one a running stage uses). 0: no limit."""
+
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+    """Requests per tenant per minute (counted after authentication; 429 with Retry-After beyond it)."""
+
+    rate_limit_ip_per_minute: int = Field(default=1200, ge=1)
+    """Requests per client address per minute on every route, counted before authentication."""
+
+    rate_limit_redis_url: str = ""
+    """Redis that holds the rate-limit counts, shared by every API process. Empty: the broker when it is
+    Redis, else each process counts alone (the embedded default)."""
+
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks (CIDR) of reverse proxies whose ``X-Forwarded-For`` names
+    the client. Empty: the connection's own address is the client, whatever headers say."""
+
+    webhook_allow_private: bool = False
+    """Allow webhook URLs on loopback, private and link-local addresses (local receivers and tests).
+    Cloud metadata addresses are refused even then."""
+
+    metrics_token: str = ""
+    """Bearer token that shows the platform-wide job metrics on ``/metrics`` (Prometheus). Without it
+    ``/metrics`` shows request and queue figures only; a tenant's API key shows its own jobs."""
 
     api_db_sessions: int = Field(default=30, ge=1)
     """Requests of one API process that hold a database session at once (the rest wait their turn); keep

@@ -110,7 +110,7 @@ def api(host: str, port: int, workers: int) -> None:
     # on asyncio's loop and the pure-Python h11 parser
     uvicorn.run(
         "services.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info", proxy_headers=True,
+        log_level="info", proxy_headers=False,  # client addresses: SYNCTALK_TRUSTED_PROXIES
     )  # fmt: skip
 
 

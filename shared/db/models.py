@@ -184,6 +184,8 @@ class Stage(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "name", name="uq_stages_job_name"),
         Index("ix_stages_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_stages_status_ready", "status", "ready_at"),
+        Index("ix_stages_queue_sent", "queue", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -210,6 +212,14 @@ class Stage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the Celery task running it
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # the running owner's lease: a new token at every claim; its progress, outputs and finish are
+    # written only while the row still holds that token (a stale owner finds another and stops)
+    lease: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # delivery (the outbox): a queued stage is due from ``ready_at`` (None: it waits for an earlier
+    # stage, or for its subject); ``sent_at`` is when its task was last handed to the broker (None: not
+    # yet, or to be sent again). The scheduler sends what is due and unsent, and again what was lost.
+    ready_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
@@ -220,7 +230,10 @@ class Event(Base):
     SSE stream (``id:`` / ``Last-Event-ID``) and the webhook deliveries."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_tenant_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_events_tenant_id", "tenant_id", "id"),
+        Index("ix_events_created_at", "created_at"),  # retention prunes by age
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -284,3 +297,44 @@ class IdempotencyKey(Base):
     headers: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)  # e.g. Location
     created_at: Mapped[datetime] = mapped_column(When, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(When, index=True)
+
+
+class SchedulerLease(Base):
+    """Who runs a singleton loop (``synctalk scheduler``): the row's owner until ``expires_at``. A
+    process renews its lease every pass; another takes it over only once it expired."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(When)
+    acquired_at: Mapped[datetime] = mapped_column(When, default=utcnow)
+
+
+class WorkerInfo(Base):
+    """What each worker process reports of itself (its queues and accelerator) while it runs: the API
+    picks the default training profile from it."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(64))  # "cpu", "gpu" or "cpu,gpu"
+    accelerator: Mapped[str | None] = mapped_column(String(200), nullable=True)  # e.g. "cuda: NVIDIA H100"
+    started_at: Mapped[datetime] = mapped_column(When, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(When, default=utcnow, index=True)
+
+
+class StorageDeletion(Base):
+    """Stored files to delete (a deleted subject's, its renders' and uploads'): written in the transaction
+    that deletes the rows, removed once storage confirmed; the scheduler retries what storage refused."""
+
+    __tablename__ = "storage_deletions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), index=True)  # no foreign key: it outlives rows
+    prefix: Mapped[str | None] = mapped_column(String(512), nullable=True)  # a folder: everything under it
+    key: Mapped[str | None] = mapped_column(String(512), nullable=True)  # one object
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(When, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(When, default=utcnow, index=True)

@@ -39,13 +39,18 @@ _TEMP = re.compile(r"\.partial-[0-9a-f]{32}$")
 
 
 class StorageError(SyncTalkError):
-    """Storage could not do what was asked. Messages never carry credentials or object keys."""
+    """Storage could not do what was asked. Messages never carry credentials or object keys.
+
+    ``transient``: the same request may well succeed later (storage unreachable, timed out, a 5xx or
+    throttling answer): workers retry those with backoff (``RetryingStorage``) instead of failing the job.
+    Everything else (a missing object, a refused credential, a bad key) is permanent."""
 
     code = "storage_error"
 
-    def __init__(self, message: str, *, key: str | None = None) -> None:
+    def __init__(self, message: str, *, key: str | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.key = key  # for logs; deliberately not in the message a user may see
+        self.transient = transient
 
 
 class StorageKeyError(StorageError):

@@ -47,6 +47,12 @@ MiB = 1 << 20
 SMALL_PUT = 16 * MiB  # bytes stored with one PutObject (S3 takes up to 5 GB in one; this keeps memory small)
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
+# answers that say "not now" rather than "no": the same request may succeed later
+_TRANSIENT = {
+    "500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
+    "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "OperationAborted",
+    "RequestLimitExceeded", "BadGateway", "GatewayTimeout",
+}  # fmt: skip
 
 
 def _transfer(chunk_mib: int, threads: int, in_memory: int | None = None) -> TransferConfig:
@@ -137,7 +143,9 @@ class S3Storage(Storage):
                     "and the bucket's permissions.",
                     key=key,
                 ) from exc
-            raise StorageError(f"An S3 request to {self._where} failed ({code}).", key=key) from exc
+            raise StorageError(
+                f"An S3 request to {self._where} failed ({code}).", key=key, transient=code in _TRANSIENT
+            ) from exc
         except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
             raise StorageError(
                 "No S3 credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -145,11 +153,13 @@ class S3Storage(Storage):
             ) from exc
         except (bx.ConnectionError, bx.HTTPClientError) as exc:
             raise StorageError(
-                f"S3 storage is unreachable at {self._where} ({type(exc).__name__}).", key=key
+                f"S3 storage is unreachable at {self._where} ({type(exc).__name__}).", key=key, transient=True
             ) from exc
         except bx.BotoCoreError as exc:
+            # a body cut short, a checksum or a stream error mid-transfer: the request may be retried
+            transient = isinstance(exc, bx.IncompleteReadError | bx.ResponseStreamingError | bx.ChecksumError)
             raise StorageError(
-                f"An S3 request to {self._where} failed ({type(exc).__name__}).", key=key
+                f"An S3 request to {self._where} failed ({type(exc).__name__}).", key=key, transient=transient
             ) from exc
 
     def _ensure_bucket(self, *, probe: bool = False) -> None:
