@@ -43,6 +43,16 @@ class TrainingError(SyncTalkError):
     code = "training_failed"
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped because ``stop_when()`` said so, right after a checkpoint of ``global_step``:
+    resuming from that checkpoint takes exactly the next step (a worker shutting down hands its stage
+    back this way)."""
+
+    def __init__(self, global_step: int) -> None:
+        super().__init__(f"training stopped at step {global_step} (checkpointed)")
+        self.global_step = global_step
+
+
 @dataclass
 class TrainResult:
     model_dir: Path
@@ -414,8 +424,10 @@ class Trainer:
         self._build_optimizer(stage)
         self.stage_step = 0
 
-    def run(self, *, stop_after: int | None = None) -> TrainResult:
-        """Train the remaining stages. ``stop_after``: stop (after a checkpoint) at that global step."""
+    def run(self, *, stop_after: int | None = None, stop_when: Callable[[], bool] | None = None) -> TrainResult:
+        """Train the remaining stages. ``stop_after``: stop (after a checkpoint) at that global step.
+        ``stop_when()`` is asked after every step: when true, a checkpoint is written and
+        TrainingInterrupted raised."""
         self._write_config()
         total = sum(self.config.steps_of(s) for s in self.config.stages)
         start_time = time.monotonic()
@@ -441,6 +453,9 @@ class Trainer:
                     if not last:
                         self.save_checkpoint()
                     return self._result(start_time)
+                if stop_when is not None and stop_when():
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(self.global_step)
         return self._result(start_time)
 
     def _report(self, stage: str, rec: dict, total: int, start_time: float, start_step: int) -> None:
@@ -484,6 +499,7 @@ def train_model(
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
     stop_after: int | None = None,
+    stop_when: Callable[[], bool] | None = None,
     weights_dir: Path | None = None,
 ) -> TrainResult:
     """Train (or resume training) a model on a dataset into ``out_dir`` (config.json, checkpoints, model.pt).
@@ -499,7 +515,7 @@ def train_model(
         raise TrainingError(
             f"{out} already holds a training run; pass --resume to continue it or pick a new folder"
         )
-    return trainer.run(stop_after=stop_after)
+    return trainer.run(stop_after=stop_after, stop_when=stop_when)
 
 
 def train(
@@ -513,10 +529,11 @@ def train(
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
     steps_scale: float = 1.0,
+    stop_when: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Stage function by profile name (the CLI, the demo and the worker call this). ``settings``:
     where optional weight files (LPIPS) are looked for (its ``model_dir``). ``steps_scale``
-    multiplies every stage's steps (quick tries)."""
+    multiplies every stage's steps (quick tries). ``stop_when``: see ``Trainer.run``."""
     from gpu_worker.model.config import profile_config, scale_steps
 
     return train_model(
@@ -526,5 +543,6 @@ def train(
         resume=resume,
         device=device,
         progress=progress,
+        stop_when=stop_when,
         weights_dir=settings.model_dir if settings is not None else None,
     )

@@ -1,72 +1,98 @@
 """The worker's Celery app: ``celery -A gpu_worker.tasks.celery_app worker -Q cpu,gpu`` (what
-``synctalk worker`` runs). Importing it checks that every stage has a handler."""
+``synctalk worker`` runs). Importing it checks that every stage has a handler.
+
+Workers only run stages. Reaping lost stages, re-sending lost tasks, webhooks and retention belong to
+``synctalk scheduler`` (shared/jobs/scheduler.py): with GPU workers scaled to zero they still happen.
+A worker does report itself (``workers`` table: its queues and accelerator) so that the API can pick
+the default training profile.
+"""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
-import time
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.exceptions import Reject
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from gpu_worker.tasks import shutdown
 from gpu_worker.tasks.context import worker_context
 from gpu_worker.tasks.handlers import HANDLERS, check_handlers
-from gpu_worker.tasks.runner import run_stage, send_all
+from gpu_worker.tasks.runner import HandBack, housekeep, run_stage
 from shared.queue.app import TASK_RUN_STAGE, make_celery
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
-WEBHOOKS_EVERY_S = 2.0  # how soon a state change reaches a webhook (the reaper runs less often)
+REPORT_EVERY_S = 60.0  # how often a worker refreshes its row in the workers table
 check_handlers()
 app = make_celery(get_settings())
 
 
 @app.task(name=TASK_RUN_STAGE, bind=True)
 def run_stage_task(self, kind: str, job_id: str, stage: str) -> str:
-    return run_stage(worker_context(app), kind, job_id, stage, self.request.id, HANDLERS)
+    ctx = worker_context(app)
+    try:
+        outcome = run_stage(ctx, kind, job_id, stage, self.request.id, HANDLERS)
+    except HandBack:  # asked to stop before the stage could be claimed: the message goes back
+        raise Reject("the worker is shutting down", requeue=True) from None
+    housekeep(ctx)
+    return outcome
 
 
-_maintenance_stop = threading.Event()
+@worker_process_init.connect
+def _child_started(**_kwargs) -> None:
+    shutdown.install()  # the main process forwards SIGTERM to us as shutdown.SIGNAL
 
 
-def maintenance_once(ctx) -> int:
-    """Requeue (or fail) stages whose worker stopped heartbeating; returns how many were requeued."""
+@worker_shutting_down.connect
+def _shutting_down(**_kwargs) -> None:
+    shutdown.forward_to_children()
+
+
+_report_stop = threading.Event()
+
+
+def accelerator() -> str | None:
+    """'cuda: <device name>' when this machine's torch sees a CUDA GPU, else None. Asked in a child
+    process: CUDA initialized in the worker's main process would break the forked pool processes."""
+    probe = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    name = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
+    return f"cuda: {name}"[:200] if name else None
+
+
+def _report(name: str, queues: str) -> None:
+    """Keep this worker's row fresh (the API's default profile reads it)."""
+    from shared.db.models import WorkerInfo, utcnow
     from shared.db.session import session_scope
-    from shared.jobs.lifecycle import reap
-
-    with session_scope(ctx.engine) as s:
-        nxt = reap(
-            s, stale_after_s=ctx.settings.job_stale_after_s, max_attempts=ctx.settings.job_max_attempts
-        )
-    send_all(ctx, nxt)
-    return len(nxt)
-
-
-def _maintenance_loop() -> None:
-    from shared.jobs.webhooks import deliver_due
 
     ctx = worker_context(app)
-    reap_every = max(5.0, ctx.settings.job_stale_after_s / 4)
-    last_reap = 0.0
-    while not _maintenance_stop.wait(WEBHOOKS_EVERY_S):
+    device = accelerator() if "gpu" in queues.split(",") else None
+    started = utcnow()
+    while True:
         try:
-            deliver_due(ctx.engine)  # signed POSTs of the state changes webhooks asked for, retried
-            if time.monotonic() - last_reap >= reap_every:
-                last_reap = time.monotonic()
-                requeued = maintenance_once(ctx)
-                if requeued:
-                    log.warning("requeued %d stage(s) whose worker stopped responding", requeued)
-        except Exception:  # noqa: BLE001 - maintenance must outlive a database hiccup
-            log.exception("maintenance pass failed")
+            with session_scope(ctx.engine) as s:
+                s.merge(WorkerInfo(name=name[:200], queues=queues, accelerator=device, started_at=started,
+                                   seen_at=utcnow()))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 -- the database may be away; the next report says it
+            log.warning("worker report failed: %s", exc)
+        if _report_stop.wait(REPORT_EVERY_S):
+            return
 
 
 @worker_ready.connect
-def _start_maintenance(**_kwargs) -> None:
-    # every worker runs the reaper: row locks (Postgres) keep two from requeuing one stage, and a stage
-    # requeued twice is harmless (the second claim finds it running)
-    threading.Thread(target=_maintenance_loop, daemon=True, name="maintenance").start()
+def _start_report(sender=None, **_kwargs) -> None:
+    name = getattr(sender, "hostname", None) or "worker"
+    queues = ",".join(sorted(q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])))
+    queues = queues or ",".join(q.name for q in app.amqp.queues.consume_from.values())
+    threading.Thread(target=_report, args=(name, queues), daemon=True, name="worker-report").start()
 
 
 @worker_shutdown.connect
-def _stop_maintenance(**_kwargs) -> None:
-    _maintenance_stop.set()
+def _stop_report(**_kwargs) -> None:
+    _report_stop.set()

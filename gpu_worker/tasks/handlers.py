@@ -1,6 +1,9 @@
 """One handler per stage: inputs from storage into the worker's cache, the stage function, outputs back
 to storage. Each returns the fields the job row gains (keys, report, metrics, QC). Start-up fails if a
 stage of the catalogue (shared/queue/stages.py) has no handler.
+
+A handler calls ``run.check()`` before it stores a result: an owner whose lease the reaper gave away
+stops there instead of overwriting the new owner's files (the finish is fenced in the database too).
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ from shared.queue.stages import STAGES
 log = logging.getLogger(__name__)
 
 
-def _folder(ctx, *parts: str) -> Path:
-    path = ctx.cache_dir.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _folder(ctx, kind: str, entry_id: str, *parts: str) -> Path:
+    """A folder of a subject's or a render's entry in the worker's cache (held by the running stage)."""
+    return ctx.cache.folder(kind, entry_id, *parts)
 
 
 # container -> the suffix the stored source keeps (ffmpeg reads content, not names; people read names)
@@ -50,6 +52,7 @@ def subject_ingest(ctx, run: StageRun) -> dict:
     formats = info.format_name.split(",")
     suffix = next((v for k, v in SUFFIXES.items() if k in formats), ".video")
     key = keys.source_key(subject.tenant_id, subject.id, suffix)
+    run.check()
     ctx.storage.put_file(key, local)
     local.replace(work / Path(key).name)
     return {"source_key": key}
@@ -90,6 +93,7 @@ def subject_preprocess(ctx, run: StageRun) -> dict:
     )  # fmt: skip
     prefix = keys.dataset_prefix(subject.tenant_id, subject.id)
     run.progress("preprocess", 1.0, "storing the dataset")
+    run.check()
     ctx.storage.upload_dir(dataset, prefix)
     report = json.loads((dataset / "report.json").read_text())
     try:
@@ -163,7 +167,8 @@ def subject_train(ctx, run: StageRun) -> dict:
     """Train (resuming from the checkpoint in storage when a worker was lost), evaluate, store the model."""
     from gpu_worker.model.evaluate import evaluate
     from gpu_worker.model.loading import CHECKPOINT
-    from gpu_worker.model.trainer import train
+    from gpu_worker.model.trainer import TrainingInterrupted, train
+    from gpu_worker.tasks.runner import HandBack
 
     subject = run.job
     dataset = _dataset(ctx, subject)
@@ -175,19 +180,29 @@ def subject_train(ctx, run: StageRun) -> dict:
     published = {"mtime": local_ckpt.stat().st_mtime_ns if local_ckpt.is_file() else 0}
     curves = Curves(ctx, subject)
 
-    def progress(step: str, fraction: float, message: str) -> None:
-        curves.add(step, message)
+    def publish_checkpoint() -> None:
         # the trainer writes its checkpoint atomically every few hundred steps: publish each new one,
         # so a worker that dies costs at most that much training
         if local_ckpt.is_file() and local_ckpt.stat().st_mtime_ns != published["mtime"]:
             published["mtime"] = local_ckpt.stat().st_mtime_ns
             ctx.storage.put_file(ckpt_key, local_ckpt)
-        run.progress(step, 0.95 * fraction, message)
 
-    train(
-        dataset, model, profile=subject.profile, resume=True, settings=ctx.settings, progress=progress,
-        steps_scale=ctx.settings.train_steps_scale,
-    )  # fmt: skip
+    def progress(step: str, fraction: float, message: str) -> None:
+        curves.add(step, message)
+        if run.stopping():
+            return  # the trainer checkpoints and stops at the end of this step (stop_when)
+        run.progress(step, 0.95 * fraction, message)  # raises when this run must stop (canceled, lost)
+        publish_checkpoint()
+
+    try:
+        train(
+            dataset, model, profile=subject.profile, resume=True, settings=ctx.settings, progress=progress,
+            steps_scale=ctx.settings.train_steps_scale, stop_when=run.stopping,
+        )  # fmt: skip
+    except TrainingInterrupted:  # the worker is shutting down: keep the step just checkpointed
+        publish_checkpoint()
+        curves.flush()
+        raise HandBack() from None
     curves.flush()
     run.progress("evaluate", 0.96, "evaluating the model")
     metrics_path = evaluate(model, settings=ctx.settings, max_frames=48)
@@ -197,6 +212,7 @@ def subject_train(ctx, run: StageRun) -> dict:
     staged.mkdir()
     for name in ("model.pt", "config.json"):  # what rendering needs, not the optimizer state
         shutil.copy2(model / name, staged / name)
+    run.check()
     ctx.storage.upload_dir(staged, prefix)
     ctx.storage.delete(ckpt_key)
     return {"model_key": prefix, "metrics": json.loads(Path(metrics_path).read_text())}
@@ -231,6 +247,7 @@ def render_render(ctx, run: StageRun) -> dict:
     try:
         result = renderer.render(audio, out, options, run.progress)
         video_key = keys.video_key(render.tenant_id, render.id)
+        run.check()
         ctx.storage.put_file(video_key, out, content_type="video/mp4")
         ctx.storage.put_bytes(keys.qc_key(render.tenant_id, render.id), json.dumps(result.qc).encode())
     finally:

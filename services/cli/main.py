@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "serve": "services.cli.platform_cmd:serve",
     "api": "services.cli.platform_cmd:api",
     "worker": "services.cli.platform_cmd:worker",
+    "scheduler": "services.cli.scheduler_cmd:scheduler",
     "migrate": "services.cli.platform_cmd:migrate",
     "keys": "services.cli.platform_cmd:keys",
     "remote": "services.cli.remote_cmd:remote",

@@ -5,14 +5,21 @@ Every function works inside the caller's session and returns the stages to queue
 session has committed: a task is never sent for a row another process cannot see yet. Every change
 appends one event (``Event``): the SSE stream and the webhooks read them. A finished job never moves
 again, whatever a redelivered task asks (``TRANSITIONS``).
+
+Delivery: a stage due to run carries ``ready_at`` (the outbox); whoever committed it sends its task and
+marks ``sent_at`` (shared/jobs/dispatch.py); the scheduler sends what was never sent and what the broker
+lost. A claim takes a new ``lease``: the owner's progress, finish, failure and hand-back are written only
+while the stage still holds it, so an owner the reaper gave up on finds out at its next write and stops.
+Attempts are bounded: a stage claimed ``max_attempts`` times without finishing fails its job.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import Event, Render, Stage, Subject, new_id, utcnow
@@ -100,9 +107,11 @@ def _set_status(row, new: JobState) -> None:
     row.updated_at = now
 
 
-def add_stages(session: Session, kind: JobKind | str, row) -> list[Stage]:
-    """The job's stages, queued, with every field set here (no flush needed to show them)."""
+def add_stages(session: Session, kind: JobKind | str, row, *, ready: bool) -> list[Stage]:
+    """The job's stages, queued, with every field set here (no flush needed to show them); the first is
+    due at once when ``ready`` (a render waits for its subject otherwise)."""
     kind = JobKind(kind)
+    now = utcnow()
     stages = [
         Stage(
             tenant_id=row.tenant_id,
@@ -115,6 +124,7 @@ def add_stages(session: Session, kind: JobKind | str, row) -> list[Stage]:
             attempts=0,
             subject_id=row.id if kind is JobKind.subject else None,
             render_id=row.id if kind is JobKind.render else None,
+            ready_at=now if ready and i == 0 else None,
         )  # fmt: skip
         for i, spec in enumerate(stages_of(kind))
     ]
@@ -139,7 +149,7 @@ def create_subject(session: Session, tenant_id: str, **fields) -> tuple[Subject,
     """A new subject (``name``, ``profile``, ``upload_id``, ``source_key``) with its stages, queued."""
     subject = Subject(tenant_id=tenant_id, **_new_job_fields(), **fields)
     session.add(subject)
-    stages = add_stages(session, JobKind.subject, subject)
+    stages = add_stages(session, JobKind.subject, subject, ready=True)
     emit(session, JobKind.subject, subject, status_changed=True, stages=stages)
     return subject, [Next(JobKind.subject.value, subject.id, stages_of(JobKind.subject)[0].name)]
 
@@ -155,7 +165,7 @@ def create_render(
     render = Render(tenant_id=tenant_id, subject_id=subject.id, **{"mode": "fullframe", "start_frame": 0,
                     **_new_job_fields(), **fields})  # fmt: skip
     session.add(render)
-    stages = add_stages(session, JobKind.render, render)
+    stages = add_stages(session, JobKind.render, render, ready=subject.status == JobState.succeeded)
     nxt: list[Next] = []
     if subject.status == JobState.succeeded:
         nxt.append(Next(JobKind.render.value, render.id, stages_of(JobKind.render)[0].name))
@@ -171,12 +181,36 @@ def _subject_failure(subject: Subject) -> str:
     return f"the subject {subject.name!r} failed: {subject.error_message or subject.error_code}"
 
 
+class LeaseLost(Exception):
+    """The stage is no longer this owner's (the reaper gave it to another, or the job ended): stop."""
+
+
+def _give_up_message(stage: Stage) -> tuple[str, str]:
+    """(code, sentence) for a stage that ran out of attempts, after why its last run did not finish."""
+    why = stage.message or ""
+    if why.startswith(UNAVAILABLE_MARK):
+        return "service_unavailable", (
+            f"The {stage.name} stage could not reach a service it needs on {stage.attempts} attempts "
+            f"({why.removeprefix(UNAVAILABLE_MARK).strip()}); it was given up. Retry once the platform is healthy."
+        )
+    return "worker_lost", (
+        f"The {stage.name} stage was started {stage.attempts} times and its worker stopped each time before "
+        "finishing (killed, out of memory, or its machine was lost); it was given up so that it stops taking "
+        "workers down. Retry it, or try a shorter input."
+    )
+
+
+UNAVAILABLE_MARK = "unavailable:"  # a stage message that says the last run was handed back for an outage
+
+
 def claim(
     session: Session, kind: JobKind | str, job_id: str, stage_name: str, *, task_id: str, worker: str,
-    stale_after_s: float,
+    stale_after_s: float, max_attempts: int | None = None,
 ) -> Stage | None:  # fmt: skip
-    """Take a stage to run: None when there is nothing to do (the job is finished or gone, the stage is
-    done, or another live worker holds it): a redelivered task then simply ends."""
+    """Take a stage to run, with a new lease (``stage.lease``): None when there is nothing to do (the
+    job is finished or gone, the stage done or not due yet, or another live worker holds it): a
+    redelivered or duplicated task then simply ends. A stage already claimed ``max_attempts`` times
+    fails its job instead of running again (a render that kills its worker must not kill them all)."""
     kind = JobKind(kind)
     row = job_row(session, kind, job_id, lock=True)
     if row is None or JobState(row.status).is_final:
@@ -184,9 +218,11 @@ def claim(
     stage = session.scalars(
         select(Stage).where(Stage.job_id == job_id, Stage.name == stage_name).with_for_update()
     ).first()
-    if stage is None or stage.status == JobState.succeeded:
+    if stage is None or stage.status not in (JobState.queued, JobState.running):
         return None
     now = utcnow()
+    if stage.status == JobState.queued and (stage.ready_at is None or _aware(stage.ready_at) > now):
+        return None  # not due: an earlier stage or its subject is unfinished, or it waits out a backoff
     beat = _aware(stage.heartbeat_at)
     if (
         stage.status == JobState.running
@@ -198,7 +234,12 @@ def claim(
     if row.cancel_requested_at is not None:
         _cancel_row(session, kind, row)
         return None
+    if max_attempts is not None and stage.attempts >= max_attempts:
+        code, message = _give_up_message(stage)
+        fail(session, kind, job_id, code, message)
+        return None
     stage.status, stage.task_id, stage.worker = JobState.running.value, task_id, worker
+    stage.lease = uuid.uuid4().hex
     stage.attempts += 1
     stage.heartbeat_at = now
     stage.started_at = stage.started_at or now
@@ -210,12 +251,38 @@ def claim(
     return stage
 
 
+def owned_stage(session: Session, stage_id: int, lease: str | None, *, lock: bool = False) -> Stage:
+    """The stage row, while ``lease`` still owns it (running under that token); LeaseLost otherwise.
+    ``lease`` None: no check (tools and tests that drive stages by hand)."""
+    stmt = select(Stage).where(Stage.id == stage_id)
+    stage = session.scalars(stmt.with_for_update() if lock else stmt).first()
+    if stage is None:
+        raise LeaseLost("the stage is gone (its job was deleted)")
+    if lease is not None and (stage.lease != lease or stage.status != JobState.running):
+        raise LeaseLost(f"the {stage.name} stage is no longer this worker's ({stage.status})")
+    return stage
+
+
+def heartbeat(session: Session, stage_id: int, lease: str) -> bool:
+    """Only the running owner's heartbeat (no event: nothing a person sees changed). False when the
+    lease is no longer held."""
+    done = session.execute(
+        update(Stage)
+        .where(Stage.id == stage_id, Stage.lease == lease, Stage.status == JobState.running.value)
+        .values(heartbeat_at=utcnow())
+    )
+    return done.rowcount == 1
+
+
 def progress(
     session: Session, kind: JobKind | str, job_id: str, stage: Stage, fraction: float, message: str,
-    eta_s: float | None = None,
+    eta_s: float | None = None, *, lease: str | None = None,
 ) -> bool:  # fmt: skip
-    """Record a running stage's progress and heartbeat; False when the job was canceled (stop now)."""
+    """Record a running stage's progress and heartbeat; False when the job was canceled (stop now);
+    LeaseLost when ``lease`` no longer owns the stage."""
     kind = JobKind(kind)
+    if lease is not None:
+        stage = owned_stage(session, stage.id, lease)
     row = job_row(session, kind, job_id)
     if row is None or row.cancel_requested_at is not None or JobState(row.status).is_final:
         return False
@@ -230,11 +297,16 @@ def progress(
     return True
 
 
-def finish_stage(session: Session, kind: JobKind | str, job_id: str, stage: Stage, **fields) -> list[Next]:
-    """A stage succeeded: record its results on the job (``fields``), then queue the next stage, or
-    finish the job (a subject that becomes ready starts its waiting renders)."""
+def finish_stage(
+    session: Session, kind: JobKind | str, job_id: str, stage: Stage, *, lease: str | None = None, **fields
+) -> list[Next]:
+    """A stage succeeded: record its results on the job (``fields``), then make the next stage due, or
+    finish the job (a subject that becomes ready makes its waiting renders due). LeaseLost when
+    ``lease`` no longer owns the stage: its results are not recorded."""
     kind = JobKind(kind)
     row = job_row(session, kind, job_id, lock=True)
+    if lease is not None:
+        stage = owned_stage(session, stage.id, lease, lock=True)
     if row is None or JobState(row.status).is_final:
         return []
     for name, value in fields.items():
@@ -246,11 +318,13 @@ def finish_stage(session: Session, kind: JobKind | str, job_id: str, stage: Stag
         now,
         now,
     )
+    stage.lease = None
     following = next_stage(kind, stage.name)
     if following is not None:
         row.progress = job_progress(kind, stage.name, 1.0)
         row.updated_at = now
         emit(session, kind, row, status_changed=False)
+        _make_due(session, job_id, following.name, now)
         return [Next(kind.value, job_id, following.name)]
     row.progress, row.message = 1.0, None
     _set_status(row, JobState.succeeded)
@@ -258,10 +332,57 @@ def finish_stage(session: Session, kind: JobKind | str, job_id: str, stage: Stag
     if kind is not JobKind.subject:
         return []
     waiting = session.scalars(
-        select(Render).where(Render.subject_id == job_id, Render.status == JobState.queued)
+        select(Render.id).where(Render.subject_id == job_id, Render.status == JobState.queued)
     ).all()
     first = stages_of(JobKind.render)[0].name
-    return [Next(JobKind.render.value, r.id, first) for r in waiting]
+    for chunk in (waiting[i : i + 500] for i in range(0, len(waiting), 500)):
+        session.execute(
+            update(Stage)
+            .where(Stage.job_id.in_(chunk), Stage.name == first, Stage.status == JobState.queued.value)
+            .values(ready_at=now, sent_at=None)
+        )
+    return [Next(JobKind.render.value, render_id, first) for render_id in waiting]
+
+
+def _make_due(session: Session, job_id: str, stage_name: str, now: datetime) -> None:
+    session.execute(
+        update(Stage)
+        .where(Stage.job_id == job_id, Stage.name == stage_name, Stage.status == JobState.queued.value)
+        .values(ready_at=now, sent_at=None)
+    )
+
+
+def hand_back(
+    session: Session, kind: JobKind | str, job_id: str, stage_id: int, lease: str, *, why: str,
+    delay_s: float = 0.0, count_attempt: bool = True,
+) -> Next | None:  # fmt: skip
+    """The owner gives its running stage back to the queue (its worker is shutting down, or a service
+    it needs stayed unreachable): queued again, due after ``delay_s``, to be sent anew. A shutdown does
+    not count as an attempt (``count_attempt``); an outage does, so endless ones end. None when the lease
+    was already lost (nothing to hand back)."""
+    kind = JobKind(kind)
+    row = job_row(session, kind, job_id, lock=True)
+    try:
+        stage = owned_stage(session, stage_id, lease, lock=True)
+    except LeaseLost:
+        return None
+    if row is None or JobState(row.status).is_final:
+        return None
+    _requeue(stage, why, delay_s)
+    if not count_attempt:
+        stage.attempts = max(0, stage.attempts - 1)
+    row.message = stage.message
+    row.updated_at = utcnow()
+    emit(session, kind, row, status_changed=False)
+    return Next(kind.value, job_id, stage.name)
+
+
+def _requeue(stage: Stage, why: str, delay_s: float = 0.0) -> None:
+    now = utcnow()
+    stage.status, stage.task_id, stage.lease = JobState.queued.value, None, None
+    stage.ready_at = now + timedelta(seconds=max(0.0, delay_s))
+    stage.sent_at = None
+    stage.message = why[:1000]
 
 
 def _fail_row(row, code: str, message: str) -> None:
@@ -269,15 +390,25 @@ def _fail_row(row, code: str, message: str) -> None:
     _set_status(row, JobState.failed)
 
 
-def fail(session: Session, kind: JobKind | str, job_id: str, code: str, message: str) -> None:
-    """The job failed (its running stage with it); a subject's waiting renders fail with its error."""
+def fail(
+    session: Session, kind: JobKind | str, job_id: str, code: str, message: str, *,
+    stage_id: int | None = None, lease: str | None = None,
+) -> None:  # fmt: skip
+    """The job failed (its running stage with it); a subject's waiting renders fail with its error.
+    With ``lease``, only while that owner still holds ``stage_id`` (else LeaseLost: a stale owner's
+    error is not the job's)."""
     kind = JobKind(kind)
     row = job_row(session, kind, job_id, lock=True)
+    if lease is not None and stage_id is not None:
+        owned_stage(session, stage_id, lease, lock=True)
     if row is None or JobState(row.status).is_final:
         return
     for stage in stages_of_job(session, job_id):
-        if stage.status == JobState.running:
+        if stage.status in (JobState.running, JobState.queued) and (
+            stage.status == JobState.running or stage.ready_at is not None
+        ):
             stage.status, stage.finished_at = JobState.failed.value, utcnow()
+        stage.lease = None
     _fail_row(row, code, message)
     emit(session, kind, row, status_changed=True)
     if kind is JobKind.subject:
@@ -310,6 +441,7 @@ def _cancel_row(session: Session, kind: JobKind, row) -> None:
         if stage.status in (JobState.queued, JobState.running):
             stage.status = JobState.canceled.value
             stage.finished_at = utcnow() if stage.started_at else None
+            stage.lease = None
     _set_status(row, JobState.canceled)
     emit(session, kind, row, status_changed=True)
     if kind is JobKind.subject:
@@ -325,22 +457,19 @@ def acknowledge_cancel(session: Session, kind: JobKind | str, job_id: str) -> No
 
 
 def reap(session: Session, *, stale_after_s: float, max_attempts: int) -> list[Next]:
-    """Stages whose worker stopped heartbeating: queued again (their task is sent anew) while they have
-    attempts left, else their job fails with ``worker_lost``. Returns what to send after commit."""
+    """Stages whose worker stopped heartbeating: queued again (due at once, to be sent anew) while they
+    have attempts left, else their job fails with ``worker_lost``. Returns what to send after commit."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     nxt: list[Next] = []
-    for stage in session.scalars(select(Stage).where(Stage.status == JobState.running).with_for_update()):
-        beat = _aware(stage.heartbeat_at)
-        if beat is not None and beat >= cutoff:
-            continue
+    stale = select(Stage).where(
+        Stage.status == JobState.running.value, or_(Stage.heartbeat_at.is_(None), Stage.heartbeat_at < cutoff)
+    )
+    for stage in session.scalars(stale.with_for_update(skip_locked=True)):
         kind = JobKind.subject if stage.subject_id else JobKind.render
         if stage.attempts >= max_attempts:
-            fail(
-                session, kind, stage.job_id, "worker_lost",
-                f"the {stage.name} stage's worker stopped responding {stage.attempts} times; it was given up",
-            )  # fmt: skip
+            code, message = _give_up_message(stage)
+            fail(session, kind, stage.job_id, code, message)
             continue
-        stage.status, stage.task_id = JobState.queued.value, None
-        stage.message = "its worker stopped responding: queued again"
+        _requeue(stage, "its worker stopped responding: queued again")
         nxt.append(Next(kind.value, stage.job_id, stage.name))
     return nxt

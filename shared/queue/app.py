@@ -35,11 +35,47 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,  # long tasks: a worker holds one at a time
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # a worker keeps reconnecting to a broker that is down (it exits after 100 tries by default)
+        broker_connection_max_retries=None,
+        broker_connection_timeout=3,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # a send gives up quickly: the stage stays in the database's outbox and the scheduler sends it
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5},
     )
     if broker.startswith(("redis://", "rediss://")):
-        app.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+        app.conf.broker_transport_options = {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "socket_connect_timeout": 3,
+        }
     return app
+
+
+def queue_depths(app: Celery, timeout_s: float = 2.0) -> dict[str, int]:
+    """Tasks waiting in each queue (taken ones are not counted); {} when the broker cannot be reached,
+    a queue left out when it cannot be read."""
+    found: dict[str, int] = {}
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout_s)
+            for queue in QUEUES:
+                channel = conn.channel()
+                try:
+                    found[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                except Exception as exc:  # noqa: BLE001 -- a queue nothing was ever sent to does not exist yet
+                    if _missing_queue(exc):
+                        found[queue] = 0
+                finally:
+                    channel.close()
+    except Exception:  # noqa: BLE001 -- the broker is unreachable: nothing is known
+        return {}
+    return found
+
+
+def _missing_queue(exc: Exception) -> bool:
+    """Whether a passive declare failed because the queue does not exist (it holds nothing then)."""
+    from kombu.exceptions import ChannelError
+
+    return isinstance(exc, ChannelError) or "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower()
 
 
 def send_stage(app: Celery, kind: str, job_id: str, stage: str, *, producer=None) -> str:

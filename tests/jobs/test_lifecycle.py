@@ -9,45 +9,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from shared.db.models import Event, Stage, Subject, Tenant, utcnow
-from shared.db.session import make_engine, session_scope
+from shared.db.session import session_scope
 from shared.jobs import lifecycle, webhooks
 from shared.jobs.lifecycle import Next
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-        admin = None
-    else:
-        server = os.environ.get("SYNCTALK_TEST_POSTGRES_URL")
-        if not server:
-            if os.environ.get("CI") == "true":
-                pytest.fail("CI must provide SYNCTALK_TEST_POSTGRES_URL (.ci/run sets it)")
-            pytest.skip("SYNCTALK_TEST_POSTGRES_URL not set")
-        name = f"synctalk_test_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = server.rsplit("/", 1)[0] + f"/{name}"
-    cfg = Config(str(REPO / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "head")
-    eng = make_engine(Settings(database_url=url))
-    yield eng
-    eng.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _tenant(engine) -> str:

@@ -3,6 +3,7 @@ subject is closed (its model and source decoder freed) beyond the cache size."""
 
 from __future__ import annotations
 
+from gpu_worker.tasks.cache import WorkerCache
 from gpu_worker.tasks.context import WorkerContext
 from shared.settings import Settings
 
@@ -20,7 +21,7 @@ class Loaded:
 def test_renders_of_one_subject_load_it_once_and_the_oldest_is_closed(tmp_path):
     ctx = WorkerContext(
         settings=Settings(data_dir=tmp_path, model_cache_size=2), engine=None, storage=None, celery=None,
-        cache_dir=tmp_path,
+        cache_dir=tmp_path, cache=WorkerCache(tmp_path, 0),
     )  # fmt: skip
     built: list[str] = []
 

@@ -1,6 +1,6 @@
 """A job survives a worker killed mid-stage: the GPU worker is killed (SIGKILL, its whole process group)
-while the subject trains; a new one starts; the reaper in the surviving CPU worker requeues the stage
-once its heartbeat is stale; training resumes from the checkpoint in storage (not from step 0), and the
+while the subject trains; a new one starts; the scheduler's reaper requeues the stage once its
+heartbeat is stale; training resumes from the checkpoint in storage (not from step 0), and the
 subject succeeds with its train stage run twice and every other stage once."""
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def test_training_resumes_on_a_new_worker_after_one_is_killed(sample_subject, tm
     log = open(tmp_path / "platform.log", "wb")  # noqa: SIM115
     procs = [
         _start(env, log, "api", "--port", str(port)),
+        _start(env, log, "scheduler"),
         _start(env, log, "worker", "--queues", "cpu", "--name", "cpu@test"),
     ]
     gpu = _start(env, log, "worker", "--queues", "gpu", "--name", "gpu1@test")
