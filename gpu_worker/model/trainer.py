@@ -424,7 +424,9 @@ class Trainer:
         self._build_optimizer(stage)
         self.stage_step = 0
 
-    def run(self, *, stop_after: int | None = None, stop_when: Callable[[], bool] | None = None) -> TrainResult:
+    def run(
+        self, *, stop_after: int | None = None, stop_when: Callable[[], bool] | None = None
+    ) -> TrainResult:
         """Train the remaining stages. ``stop_after``: stop (after a checkpoint) at that global step.
         ``stop_when()`` is asked after every step: when true, a checkpoint is written and
         TrainingInterrupted raised."""

@@ -116,9 +116,10 @@ def _validate(model: type[BaseModel], data: dict) -> dict:
 
 async def create_from_request(
     request: Request, platform, session, tenant, *, kind: str, file_field: str, model: type[BaseModel],
-    build: Callable[[dict, object], tuple[dict, str]],
+    build: Callable[[dict, object, Idempotency], tuple[dict, str]],
 ) -> Response:  # fmt: skip
-    """``build(fields, upload) -> (resource JSON, location)`` creates and commits the resource."""
+    """``build(fields, upload, idem) -> (resource JSON, location)`` creates the resource (committed with
+    the request's idempotency key; what follows the commit goes to ``idem.after_commit``)."""
     fields, part = await read_fields(request, model, file_field)
     file_digest = await run_in_threadpool(_file_digest, part) if part is not None else ""
     digest = request_hash(request.method, request.url.path, repr(sorted(fields.items())), file_digest)
@@ -131,7 +132,7 @@ async def create_from_request(
             stored.append(upload.storage_key)
         else:
             upload = checked_upload(platform, session, tenant.id, fields["upload_id"], kind)
-        return build(fields, upload)
+        return build(fields, upload, idem)
 
     def drop_stored() -> None:  # refused after the file was stored (e.g. a bad field): no row names it
         if stored:

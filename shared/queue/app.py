@@ -40,7 +40,12 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         # a send gives up quickly: the stage stays in the database's outbox and the scheduler sends it
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.25,
+            "interval_max": 0.5,
+        },
     )
     if broker.startswith(("redis://", "rediss://")):
         app.conf.broker_transport_options = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-import subprocess
 import wave
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,6 @@ import pytest
 from api_helpers import Api, make_api, new_render, new_subject, postgres_url, run_job
 from sqlalchemy import func, select, update
 
-from gpu_worker.media.binaries import ffmpeg_exe
 from shared.db.models import Batch, Render, Subject, Upload
 from shared.jobs import keys, lifecycle
 from shared.jobs.uploads import fetch_upload
@@ -45,34 +43,7 @@ STATUSES = {"queued", "running", "succeeded", "failed", "canceled"}
 TIMES = ("created_at", "updated_at", "started_at", "finished_at")
 
 
-# --- media, platform state ------------------------------------------------------------------------------
-def _ffmpeg(out: Path, *args: str) -> bytes:
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-nostdin", *args, str(out)], check=True, timeout=60)
-    return out.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    d = tmp_path_factory.mktemp("contract-media")
-    video = ["-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=3"]
-    sine = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=3"]
-    return {
-        "video": _ffmpeg(
-            d / "talk.mp4",
-            *video,
-            *sine,
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ),  # fmt: skip
-        "speech": _ffmpeg(d / "speech.m4a", *sine, "-c:a", "aac"),
-    }
+# --- platform state (the `media` fixture: conftest.py) ---------------------------------------------
 
 
 @pytest.fixture

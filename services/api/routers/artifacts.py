@@ -115,8 +115,7 @@ async def retry_render(
             session, tenant.id, subject, mode=original.mode, start_frame=original.start_frame,
             ref=original.ref, upload_id=original.upload_id, audio_key=original.audio_key,
         )  # fmt: skip
-        session.commit()
-        platform.send(nxt)
+        idem.after_commit(lambda: platform.send(nxt))
         body = {**lifecycle.view(session, JobKind.render, render, platform.base_url), "retry_of": original.id}
         return body, f"/v1/renders/{render.id}"
 

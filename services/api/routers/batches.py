@@ -73,8 +73,7 @@ async def create_batch(
             )  # fmt: skip
             out.append({"id": render.id, "ref": item.ref})
             nxt += more
-        session.commit()
-        platform.send(nxt)
+        idem.after_commit(lambda: platform.send(nxt))
         return {
             "id": batch.id,
             "object": "batch",

@@ -53,13 +53,12 @@ async def create_render(
     # the database is never called on the event loop: a blocked loop cannot return pooled connections
     subject = await run_in_threadpool(get_subject, session, tenant.id, subject_id)
 
-    def build(fields: dict, upload) -> tuple[dict, str]:
+    def build(fields: dict, upload, idem) -> tuple[dict, str]:
         render, nxt = lifecycle.create_render(
             session, tenant.id, subject, mode=check_mode(fields["mode"]), start_frame=fields["start_frame"],
             ref=fields.get("ref"), upload_id=upload.id, audio_key=upload.storage_key,
         )  # fmt: skip
-        session.commit()
-        platform.send(nxt)
+        idem.after_commit(lambda: platform.send(nxt))
         return lifecycle.view(session, JobKind.render, render, platform.base_url), f"/v1/renders/{render.id}"
 
     return await resources.create_from_request(
