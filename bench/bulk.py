@@ -92,7 +92,7 @@ def main(sizes: str, distinct: int, concurrency: int, inline: bool) -> None:
         port = free_port()
         env = platform_env(
             tmp / "data", port, database_url=db_url, broker_url=rd, storage_url="s3://bench",
-            s3_endpoint_url=s3.url, rate_limit_per_minute="10000000",
+            s3_endpoint_url=s3.url, rate_limit_per_minute="10000000", rate_limit_ip_per_minute="10000000",
         )  # fmt: skip
         env.update(MotoS3.ENV, NO_PROXY="127.0.0.1,localhost")
         api = None

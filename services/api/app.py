@@ -21,10 +21,14 @@ The contract: ../shared/design/API.md."""
 
 
 def make_platform(settings: Settings) -> Platform:
+    from shared.db.schema import ensure_schema
     from shared.db.session import make_engine
     from shared.queue.app import make_celery
     from shared.storage import storage_from_settings
 
+    # the embedded SQLite file is made current here (the API may be the first to open it); a server
+    # database is left to `synctalk migrate`, and the API starts whatever its state (/readyz tells)
+    ensure_schema(settings, verify=False)
     engine = make_engine(settings)
     return Platform(
         settings=settings,
@@ -58,7 +62,10 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     for module in (subjects, renders, batches, uploads, events, webhooks, ops, files, artifacts):
         app.include_router(module.router)
     install_dashboard(app)  # the web dashboard's pages and its cookie-signed v1 routes (docs/DASHBOARD.md)
-    from services.api.ratelimit import RateLimit
+    from services.api.ratelimit import RateLimit, limiter_from_settings
 
-    app.add_middleware(RateLimit, per_minute=settings.rate_limit_per_minute)
+    # every request is counted against its client address here, then against its tenant once the
+    # tenant dependency has authenticated it (ratelimit.charge_tenant); app.state.limiter for tests
+    app.state.limiter = limiter_from_settings(settings)
+    app.add_middleware(RateLimit, limiter=app.state.limiter, observe=ops.observe)
     return app

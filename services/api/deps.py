@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.api.keycache import VerifiedKeys
 from services.api.problems import ApiProblem
+from services.api.ratelimit import charge_tenant
 from shared.db.api_keys import PREFIX_LEN, hash_key, verify_key
 from shared.db.models import ApiKey
 from shared.settings import Settings
@@ -42,10 +43,11 @@ class Platform:
         return self.settings.public_url.rstrip("/")
 
     def send(self, nxt) -> None:
-        """Queue the stages a committed transaction asked for."""
-        from shared.queue.app import send_stages
+        """Send the tasks of the stages a committed transaction made due; what the broker refuses is left
+        to the scheduler (shared/jobs/dispatch.py), never to the request."""
+        from shared.jobs.dispatch import send
 
-        send_stages(self.celery, ((n.kind, n.job_id, n.stage) for n in nxt))
+        send(self.celery, self.sessions, list(nxt))
 
 
 async def get_platform(request: Request) -> Platform:
@@ -116,6 +118,8 @@ async def get_tenant(
     platform: PlatformDep,
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> Tenant:
+    """The key's tenant (401 for a missing, unknown or revoked key); the request is then counted
+    against that tenant's rate limit (429 past it, services/api/ratelimit.py)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -140,7 +144,8 @@ async def get_tenant(
             )
         tenant_id, prefix = row
         platform.verified_keys.put(digest, tenant_id, prefix)
-    request.state.tenant_id = tenant_id  # for the rate limiter and the access log
+    request.state.tenant_id = tenant_id  # for the access log
+    await charge_tenant(request, tenant_id)  # the tenant's budget, whichever of its keys sent this
     return Tenant(id=tenant_id, key_prefix=prefix)
 
 

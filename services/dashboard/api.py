@@ -12,10 +12,12 @@ Only what the dashboard needs is mounted: no batches, no webhooks (their secrets
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 
 from services.api import problems
 from services.api.deps import Platform, PlatformDep, Tenant, get_tenant
 from services.api.problems import ApiProblem
+from services.api.ratelimit import charge_tenant
 from services.dashboard import session as sessions
 
 PREFIX = "/dashboard/api"
@@ -30,8 +32,11 @@ def current_session(request: Request, platform: Platform) -> sessions.DashboardS
     return found
 
 
-def cookie_tenant(request: Request, platform: PlatformDep) -> Tenant:
-    found = current_session(request, platform)
+async def cookie_tenant(request: Request, platform: PlatformDep) -> Tenant:
+    """The session's tenant (401 once the session ended or its key was revoked; 403 without the CSRF
+    token on a change); the request is then counted against the tenant's rate limit, the same budget
+    its API keys spend."""
+    found = await run_in_threadpool(current_session, request, platform)  # a query: off the event loop
     if found is None:
         raise ApiProblem(401, "unauthorized", "Your dashboard session has ended; sign in again at /login.")
     if request.method not in SAFE_METHODS and not sessions.csrf_ok(
@@ -41,6 +46,7 @@ def cookie_tenant(request: Request, platform: PlatformDep) -> Tenant:
             403, "csrf_failed", "This request did not come from a dashboard page; reload the page and retry."
         )
     request.state.tenant_id = found.tenant_id
+    await charge_tenant(request, found.tenant_id)
     return Tenant(id=found.tenant_id, key_prefix=found.key_prefix)
 
 

@@ -4,8 +4,12 @@ webhook, in the same transaction as its event (``fan_out``); a maintenance loop 
 (``deliver_due``), signed, and retries failures with backoff until ``RETRY_SCHEDULE_S`` runs out.
 
 Delivery is at least once: a receiver deduplicates on the ``webhook-id`` header (the delivery's id,
-the same on every retry). Receivers on loopback or private addresses are allowed (the embedded
-default and the tests need them); redirects are never followed.
+the same on every retry). Redirects are never followed.
+
+Receivers must be on public addresses (SSRF, shared/net/addresses.py): a URL is checked when it is
+registered and again at every delivery, after DNS, and a delivery connects to the very address it
+checked. Loopback, private and link-local receivers are allowed only with the setting
+``webhook_allow_private`` (local receivers, tests); cloud metadata addresses never are.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import hmac
 import json
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 from sqlalchemy import Engine, select, update
@@ -30,6 +35,8 @@ from sqlalchemy.orm import Session
 from shared.db.models import Event, Webhook, WebhookDelivery, utcnow
 from shared.db.states import JobKind, JobState
 from shared.jobs.views import rfc3339
+from shared.net import addresses
+from shared.settings import get_settings
 
 RESOURCES = tuple(k.value for k in JobKind)
 STATES = tuple(s.value for s in JobState)
@@ -41,6 +48,8 @@ JITTER = 0.2  # +-20 %: a receiver that was down is not hit by every retry at th
 MAX_URL = 2000
 MAX_PATTERNS = 20
 SEND_THREADS = 8  # one slow receiver does not hold up everybody else's deliveries
+RESOLVE_TIMEOUT_S = 3.0  # longest wait for DNS, at registration (a request waits) and at delivery
+MAX_ADDRESSES = 3  # of a receiver's checked addresses, tried in turn when a connection fails
 
 
 # --- subscriptions ---------------------------------------------------------------------------------
@@ -59,8 +68,10 @@ def check_pattern(pattern: str) -> str:
     )
 
 
-def check_url(url: str) -> str:
-    """An http(s) URL with a host and no credentials, at most ``MAX_URL`` characters."""
+def check_url(url: str, *, allow_private: bool = False) -> str:
+    """An http(s) URL with a host and no credentials, at most ``MAX_URL`` characters, whose host is not
+    a forbidden address written out (``http://10.0.0.1/``, ``http://[::1]/``) or a cloud metadata name.
+    Names are looked up by ``check_url_addresses`` (registration) and at each delivery."""
     if len(url) > MAX_URL:
         raise ValueError(f"The url is longer than {MAX_URL} characters.")
     try:
@@ -76,7 +87,48 @@ def check_url(url: str) -> str:
         )
     if any(c.isspace() for c in url):
         raise ValueError("The url must not contain spaces.")
+    if addresses.is_metadata_name(parts.hostname):
+        raise ValueError(_refused_sentence(parts.hostname, None, "a cloud metadata service"))
+    ip = addresses.literal(parts.hostname)
+    if ip is not None:
+        _check_addresses(parts.hostname, [ip], allow_private)
     return url
+
+
+def _refused_sentence(host: str, ip: addresses.IPAddress | None, why: str) -> str:
+    if ip is None or str(ip) == host.strip("[]"):
+        where = f"{host} is {why}"
+    else:
+        where = f"{host} resolves to {ip}, {why}"
+    return f"The url's host {where}; webhooks must be sent to a public address."
+
+
+def _check_addresses(host: str, found: list[addresses.IPAddress], allow_private: bool) -> None:
+    """ValueError when any address of ``host`` is refused: a name with one private address among public
+    ones could be made to connect there."""
+    for ip in found:
+        why = addresses.refusal(ip, allow_private=allow_private)
+        if why:
+            raise ValueError(_refused_sentence(host, ip, why))
+
+
+async def check_url_addresses(
+    url: str, *, allow_private: bool = False, timeout_s: float = RESOLVE_TIMEOUT_S
+) -> None:
+    """At registration, for a url ``check_url`` accepted: ValueError when its host name resolves to a
+    refused address. A name that does not resolve, or not within ``timeout_s``, is accepted: a receiver
+    whose DNS is not set up yet may be registered, and every delivery looks the name up and checks it
+    again (nothing is sent to a refused address)."""
+    parts = urlsplit(url)
+    try:
+        found = await addresses.resolve_async(parts.hostname, _port(parts), timeout_s)
+    except (LookupError, TimeoutError):
+        return
+    _check_addresses(parts.hostname, found, allow_private)
+
+
+def _port(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def new_secret() -> str:
@@ -210,8 +262,40 @@ def _claim(engine: Engine, now: datetime, max_batch: int, lease: timedelta) -> l
     return jobs
 
 
-def _send(client: httpx.Client, job: _Job) -> tuple[int | None, str | None]:
-    """POST one delivery; (status code, error). Only the status line and headers are awaited."""
+class _Refused(Exception):
+    """A delivery not attempted: the receiver's address is refused, or its name does not resolve."""
+
+
+def _checked_targets(url: str, allow_private: bool) -> list[addresses.IPAddress]:
+    """The addresses to connect to for ``url``: its host looked up once, every address checked."""
+    try:
+        check_url(url, allow_private=allow_private)
+        parts = urlsplit(url)
+        found = addresses.resolve(parts.hostname, _port(parts), RESOLVE_TIMEOUT_S)
+        _check_addresses(parts.hostname, found, allow_private)
+    except (ValueError, LookupError, TimeoutError) as exc:
+        raise _Refused(str(exc)) from exc
+    return found[:MAX_ADDRESSES]
+
+
+def _request_at(url: str, ip: addresses.IPAddress) -> tuple[httpx.URL, dict[str, str], dict]:
+    """The URL with its host replaced by ``ip``, the ``Host`` header the receiver expects, and for https
+    the name to send as SNI and to verify the certificate against (httpx's ``sni_hostname``)."""
+    parts = urlsplit(url)
+    extensions = {}
+    if parts.scheme == "https" and addresses.literal(parts.hostname) is None:
+        extensions["sni_hostname"] = parts.hostname
+    return httpx.URL(url).copy_with(host=str(ip)), {"host": parts.netloc}, extensions
+
+
+def _send(client: httpx.Client, job: _Job, allow_private: bool) -> tuple[int | None, str | None]:
+    """POST one delivery; (status code, error). The host is looked up and checked here, then the POST
+    goes to a checked address (the next one when a connection fails). Only the status line and headers
+    are awaited."""
+    try:
+        targets = _checked_targets(job.url, allow_private)
+    except _Refused as exc:
+        return None, f"not sent: {exc}"[:500]
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",
@@ -220,14 +304,23 @@ def _send(client: httpx.Client, job: _Job) -> tuple[int | None, str | None]:
         "webhook-signature": sign(job.secret, job.delivery_id, timestamp, job.body),
         "user-agent": "synctalk-webhooks/1",
     }
-    try:
-        with client.stream("POST", job.url, content=job.body, headers=headers) as response:
-            code = response.status_code
-    except httpx.TimeoutException as exc:
-        return None, f"timed out: {type(exc).__name__}"
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:500]
-    return code, None if 200 <= code < 300 else f"HTTP {code}"
+    error = "no address to connect to"
+    for ip in targets:
+        url, host, extensions = _request_at(job.url, ip)
+        try:
+            with client.stream(
+                "POST", url, content=job.body, headers={**headers, **host}, extensions=extensions
+            ) as response:
+                code = response.status_code
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            error = f"{type(exc).__name__}: {exc} ({ip})"[:500]
+            continue  # the name's next address
+        except httpx.TimeoutException as exc:
+            return None, f"timed out: {type(exc).__name__}"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        return code, None if 200 <= code < 300 else f"HTTP {code}"
+    return None, error
 
 
 def _record(engine: Engine, job: _Job, code: int | None, error: str | None, now: datetime) -> None:
@@ -248,11 +341,21 @@ def _record(engine: Engine, job: _Job, code: int | None, error: str | None, now:
 
 
 def deliver_due(
-    engine: Engine, *, now: datetime | None = None, timeout_s: float = 10, max_batch: int = 50
+    engine: Engine,
+    *,
+    now: datetime | None = None,
+    timeout_s: float = 10,
+    max_batch: int = 50,
+    allow_private: bool | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> int:
     """Send the pending deliveries whose time has come; returns how many were attempted. A 2xx marks a
-    delivery delivered; anything else (a status, a timeout, a refused connection) schedules a retry by
-    ``RETRY_SCHEDULE_S`` (with jitter), or marks it failed once the schedule is spent."""
+    delivery delivered; anything else (a status, a timeout, a refused connection, a receiver address
+    that is refused) schedules a retry by ``RETRY_SCHEDULE_S`` (with jitter), or marks it failed once
+    the schedule is spent. ``allow_private``: receivers on loopback and private addresses are allowed
+    (None: the setting ``webhook_allow_private``). ``verify``: how https receivers are verified."""
+    if allow_private is None:
+        allow_private = get_settings().webhook_allow_private
     start = now or utcnow()
     threads = SEND_THREADS
     # long enough for a whole batch to time out (even to one endpoint), then some
@@ -266,14 +369,16 @@ def deliver_due(
     for job in jobs:
         by_hook.setdefault(job.webhook_id, []).append(job)
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0))
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
 
-        def send_all(queue: list[_Job]) -> None:
+    def send_all(queue: list[_Job]) -> None:
+        # a client per endpoint: connections are made to addresses, so a pooled one must never carry
+        # another host name's request (its certificate was verified for the first name only)
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=verify) as client:
             for job in queue:
-                code, error = _send(client, job)
+                code, error = _send(client, job, allow_private)
                 # retries count from the attempt's end (or from the caller's clock, when it gave one)
                 _record(engine, job, code, error, utcnow() if now is None else now)
 
-        with ThreadPoolExecutor(max_workers=min(threads, len(by_hook))) as pool:
-            list(pool.map(send_all, by_hook.values()))
+    with ThreadPoolExecutor(max_workers=min(threads, len(by_hook))) as pool:
+        list(pool.map(send_all, by_hook.values()))
     return len(jobs)

@@ -11,6 +11,7 @@ import os
 import queue
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -27,13 +28,13 @@ import uvicorn
 from alembic import command
 from alembic.config import Config
 from fastapi import FastAPI
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select, text, update
 from starlette.testclient import TestClient
 
 from services.api.app import create_app
 from services.api.deps import Platform
-from shared.db.api_keys import generate_key, hash_key
-from shared.db.models import ApiKey, Batch, Event, Subject, Tenant
+from shared.db.api_keys import PREFIX_LEN, generate_key, hash_key
+from shared.db.models import ApiKey, Batch, Event, Subject, Tenant, utcnow
 from shared.jobs import lifecycle, webhooks
 from shared.queue.stages import stages_of
 from shared.settings import Settings
@@ -119,6 +120,24 @@ def add_tenant(platform: Platform, name: str) -> tuple[str, str]:
         return tenant.id, key
 
 
+def add_key(platform: Platform, tenant_id: str) -> str:
+    """Another API key of an existing tenant."""
+    key, prefix = generate_key()
+    with platform.sessions() as s:
+        s.add(
+            ApiKey(tenant_id=tenant_id, prefix=prefix, key_hash=hash_key(key, platform.settings.secret_key))
+        )
+        s.commit()
+    return key
+
+
+def revoke_key(platform: Platform, key: str) -> None:
+    """What ``synctalk keys revoke PREFIX`` does."""
+    with platform.sessions() as s:
+        s.execute(update(ApiKey).where(ApiKey.prefix == key[:PREFIX_LEN]).values(revoked_at=utcnow()))
+        s.commit()
+
+
 @dataclass
 class Api:
     app: FastAPI
@@ -185,9 +204,10 @@ class Received:
 
 class Receiver:
     """A webhook endpoint on a free port: records every POST; answers the statuses in ``answers`` in
-    turn (200 once they run out); a 3xx answer redirects to ``/moved`` on itself."""
+    turn (200 once they run out); a 3xx answer redirects to ``/moved`` on itself. ``tls``: serves
+    https with that server context."""
 
-    def __init__(self, answers: list[int] | None = None) -> None:
+    def __init__(self, answers: list[int] | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
         self.answers = list(answers or [])
         self._lock = threading.Lock()
@@ -211,7 +231,9 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
@@ -222,18 +244,23 @@ class Receiver:
 
 class EventStream:
     """``GET /v1/events`` read by a thread over a real connection: each message (``id``, ``event``,
-    ``data`` decoded) lands on ``messages``; comment lines on ``comments``."""
+    ``data`` decoded) lands on ``messages``; comment lines on ``comments``. ``key`` "": no Authorization
+    header (a dashboard stream sends its cookie in ``headers``, at ``path``)."""
 
-    def __init__(self, base_url: str, key: str, params: dict | None = None, headers: dict | None = None):
+    def __init__(
+        self, base_url: str, key: str, params: dict | None = None, headers: dict | None = None,
+        path: str = "/v1/events",
+    ):  # fmt: skip
         self.messages: queue.Queue[dict] = queue.Queue()
         self.comments: list[str] = []
         self.status: int | None = None
         self.body = b""
         self._ready = threading.Event()
         self._response: httpx.Response | None = None
+        self.path = path
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(
-            base_url=base_url, headers={"Authorization": f"Bearer {key}", **(headers or {})},
-            timeout=httpx.Timeout(10, read=60),
+            base_url=base_url, headers={**auth, **(headers or {})}, timeout=httpx.Timeout(10, read=60),
         )  # fmt: skip
         self._thread = threading.Thread(target=self._run, args=(params or {},), daemon=True)
         self._thread.start()
@@ -242,7 +269,7 @@ class EventStream:
 
     def _run(self, params: dict) -> None:
         try:
-            with self._client.stream("GET", "/v1/events", params=params) as response:
+            with self._client.stream("GET", self.path, params=params) as response:
                 self._response, self.status = response, response.status_code
                 if response.status_code != 200:
                     self.body = response.read()
@@ -270,6 +297,11 @@ class EventStream:
             pass
         finally:
             self._ready.set()
+
+    def ended(self, timeout: float) -> bool:
+        """Whether the server ended the stream within ``timeout`` seconds."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def take(self, n: int, timeout: float = 10) -> list[dict]:
         deadline = time.monotonic() + timeout

@@ -1,21 +1,28 @@
-"""The live event stream (``GET /v1/events``) read over a real socket, and webhooks: the API that
-manages them, and deliveries to real HTTP receivers, signed per Standard Webhooks and checked here with
-an implementation of the spec of the test's own."""
+"""The live event stream (``GET /v1/events``) read over a real socket, ending when its key is revoked;
+and webhooks: the API that manages them, deliveries to real HTTP(S) receivers, signed per Standard
+Webhooks and checked here with an implementation of the spec of the test's own, and the refusal of
+receivers on private and metadata addresses at registration and at delivery."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import queue
+import re
+import ssl
 import threading
 import time
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from api_helpers import (
     EventStream,
+    Receiver,
+    add_key,
     add_tenant,
     events_of,
     fan_out_since,
@@ -26,16 +33,19 @@ from api_helpers import (
     new_subject,
     newest_event_id,
     postgres_url,
+    revoke_key,
     run_job,
     served,
 )
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.api.routers import events as events_router
-from shared.db.models import Event, Render, WebhookDelivery
+from services.dashboard import session
+from shared.db.models import Event, Render, Webhook, WebhookDelivery, utcnow
 from shared.jobs import lifecycle, webhooks
 from shared.jobs.views import rfc3339
+from shared.net import addresses
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -45,6 +55,15 @@ def database_url(request):
     else:
         with postgres_url() as url:
             yield url
+
+
+@pytest.fixture
+def api(tmp_path):
+    """The app with one tenant, allowing webhook receivers on loopback (this file's receivers listen on
+    127.0.0.1; deliveries are sent with ``allow_private=True`` for the same reason)."""
+    made = make_api(tmp_path, webhook_allow_private=True)
+    yield made
+    made.close()
 
 
 @pytest.fixture(autouse=True)
@@ -361,7 +380,7 @@ def hook(client, url: str, events: list[str]) -> dict:
 def test_deliveries_reach_matching_webhooks_signed_once_each_and_stay_in_their_tenant(
     tmp_path, database_url, receivers
 ):
-    api = make_api(tmp_path, database_url)
+    api = make_api(tmp_path, database_url, webhook_allow_private=True)
     platform = api.platform
     other_id, other_key = add_tenant(platform, "someone-else")
     succeeded, everything, renders, theirs = receivers(), receivers(), receivers(), receivers()
@@ -384,14 +403,16 @@ def test_deliveries_reach_matching_webhooks_signed_once_each_and_stay_in_their_t
         # two maintenance loops at once (two workers): every delivery is sent once
         counts: list[int] = []
         threads = [
-            threading.Thread(target=lambda: counts.append(webhooks.deliver_due(platform.engine)))
+            threading.Thread(
+                target=lambda: counts.append(webhooks.deliver_due(platform.engine, allow_private=True))
+            )
             for _ in range(2)
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(30)
-        assert webhooks.deliver_due(platform.engine) == 0
+        assert webhooks.deliver_due(platform.engine, allow_private=True) == 0
 
         mine = [e for e in events_of(platform, api.tenant_id, start) if not e.type.endswith(".progress")]
         assert [e.type for e in mine] == ["subject.queued", "subject.running", "subject.succeeded"]
@@ -452,23 +473,23 @@ def test_failed_deliveries_are_retried_with_backoff_then_given_up(api, receivers
             rows = s.scalars(select(WebhookDelivery)).all()
         return {name: next(d for d in rows if d.webhook_id == hook_id) for name, hook_id in ids.items()}
 
-    assert webhooks.deliver_due(api.platform.engine, timeout_s=2) == 3
+    assert webhooks.deliver_due(api.platform.engine, timeout_s=2, allow_private=True) == 3
     first = state()
     assert first["flaky"].last_status_code == 500 and first["flaky"].status == "pending"
     assert first["moved"].last_status_code == 302 and first["moved"].status == "pending"
     assert first["dead"].last_status_code is None and "Connect" in first["dead"].last_error
     assert all(d.attempts == 1 for d in first.values())
-    assert webhooks.deliver_due(api.platform.engine) == 0  # not due yet: backoff
+    assert webhooks.deliver_due(api.platform.engine, allow_private=True) == 0  # not due yet: backoff
 
     time.sleep(0.6)
-    assert webhooks.deliver_due(api.platform.engine, timeout_s=2) == 3
+    assert webhooks.deliver_due(api.platform.engine, timeout_s=2, allow_private=True) == 3
     second = state()
     assert second["flaky"].status == "delivered" and second["flaky"].attempts == 2
     assert len(flaky.requests) == 2 and len({r.headers["webhook-id"] for r in flaky.requests}) == 1  # same id
     assert second["dead"].status == "pending" and second["dead"].attempts == 2
 
     time.sleep(0.6)
-    assert webhooks.deliver_due(api.platform.engine, timeout_s=2) == 2
+    assert webhooks.deliver_due(api.platform.engine, timeout_s=2, allow_private=True) == 2
     third = state()
     assert (
         third["dead"].status == "failed"
@@ -477,7 +498,7 @@ def test_failed_deliveries_are_retried_with_backoff_then_given_up(api, receivers
     )
     assert [r.path for r in moved.requests] == ["/"] * 3  # the redirect was never followed
     time.sleep(0.6)
-    assert webhooks.deliver_due(api.platform.engine) == 0
+    assert webhooks.deliver_due(api.platform.engine, allow_private=True) == 0
 
 
 def test_deleting_a_webhook_stops_its_deliveries(api, receivers):
@@ -494,5 +515,249 @@ def test_deleting_a_webhook_stops_its_deliveries(api, receivers):
         s.commit()
     fan_out_since(api.platform, start)
     assert pending(api.platform) == []  # the webhook's deliveries went with it, and no new ones
-    assert webhooks.deliver_due(api.platform.engine) == 0
+    assert webhooks.deliver_due(api.platform.engine, allow_private=True) == 0
     assert receiver.requests == []
+
+
+# --- webhooks: receivers on private addresses (SSRF) ------------------------------------------------
+REFUSED_EVERYWHERE = {  # never allowed, whatever the settings
+    "http://169.254.169.254/latest/meta-data/": "cloud metadata",
+    "http://[fd00:ec2::254]/": "cloud metadata",
+    "http://[::ffff:169.254.169.254]/": "cloud metadata",
+    "http://100.100.100.200/": "cloud metadata",
+    "http://metadata.google.internal/computeMetadata/v1/": "cloud metadata",
+    "http://0.0.0.0:8080/": "unspecified",
+    "http://224.0.0.1/": "multicast",
+}
+REFUSED_BY_DEFAULT = {  # allowed with webhook_allow_private (local receivers, tests)
+    "http://127.0.0.1:8080/hook": "loopback",
+    "http://10.1.2.3/hook": "private",
+    "http://192.168.1.10/hook": "private",
+    "http://[::1]/hook": "loopback",
+    "http://[::ffff:127.0.0.1]/hook": "loopback",
+    "http://100.64.0.1/hook": "carrier-grade NAT",
+    "http://[fe80::1]/hook": "link-local",
+    "http://localhost:8080/hook": "loopback",  # a name: refused for what it resolves to
+    "http://2130706433/hook": "loopback",  # 127.0.0.1 as one number, which resolvers accept
+}
+
+
+def _register(client, url: str):
+    return client.post("/v1/webhooks", json={"url": url, "events": ["*"]})
+
+
+def test_webhook_urls_on_private_or_metadata_addresses_are_refused_at_registration(tmp_path):
+    api = make_api(tmp_path)  # the default: webhook_allow_private off
+    try:
+        client = api.client()
+        for url, why in {**REFUSED_EVERYWHERE, **REFUSED_BY_DEFAULT}.items():
+            r = _register(client, url)
+            assert r.status_code == 422, (url, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            detail = r.json()["detail"]
+            assert r.json()["code"] == "invalid_request" and why in detail and "public address" in detail, (
+                detail
+            )
+        detail = _register(client, "http://localhost:8080/hook").json()["detail"]
+        assert detail == (
+            "The url's host localhost resolves to 127.0.0.1, a loopback address; "
+            "webhooks must be sent to a public address."
+        )
+        assert _register(client, "http://93.184.216.34/hook").status_code == 201  # a public address
+        # a name that does not resolve (yet) is accepted: every delivery looks it up and checks it again
+        assert _register(client, "https://receiver.invalid/hook").status_code == 201
+        assert [h["url"] for h in client.get("/v1/webhooks").json()["items"]] == [
+            "https://receiver.invalid/hook",
+            "http://93.184.216.34/hook",
+        ]
+    finally:
+        api.close()
+
+
+def test_allowing_private_receivers_never_allows_metadata_addresses(tmp_path):
+    api = make_api(tmp_path, webhook_allow_private=True)
+    try:
+        client = api.client()
+        for url in REFUSED_BY_DEFAULT:
+            assert _register(client, url).status_code == 201, url
+        for url, why in REFUSED_EVERYWHERE.items():
+            r = _register(client, url)
+            assert r.status_code == 422 and why in r.json()["detail"], (url, r.text)
+    finally:
+        api.close()
+
+
+def test_dns_at_registration_is_bounded_and_a_name_it_cannot_answer_is_accepted():
+    async def lookups() -> None:
+        with pytest.raises(TimeoutError):  # no answer within 0 s (the lookup runs on a thread)
+            await addresses.resolve_async("localhost", 80, 0)
+        await webhooks.check_url_addresses("http://localhost/hook", timeout_s=0)  # accepted: not known
+        with pytest.raises(ValueError, match="loopback"):
+            await webhooks.check_url_addresses("http://localhost/hook", timeout_s=3)
+
+    asyncio.run(lookups())
+
+
+def _direct_hook(platform, tenant_id: str, url: str) -> str:
+    """A webhook row written straight to the database (one registered before the checks, or by hand)."""
+    with platform.sessions() as s:
+        row = Webhook(tenant_id=tenant_id, url=url, events=["*"], secret=webhooks.new_secret())
+        s.add(row)
+        s.commit()
+        return row.id
+
+
+def _make_due(platform) -> None:
+    with platform.sessions() as s:
+        s.execute(update(WebhookDelivery).values(next_attempt_at=utcnow()))
+        s.commit()
+
+
+def test_deliveries_to_private_addresses_are_refused_unless_allowed(api, receivers):
+    receiver = receivers()
+    port = receiver.server.server_address[1]
+    by_address = _direct_hook(api.platform, api.tenant_id, f"{receiver.url}/by-address")
+    by_name = _direct_hook(api.platform, api.tenant_id, f"http://localhost:{port}/by-name")
+    start = newest_event_id(api.platform)
+    new_subject(api.platform, api.tenant_id, "Ann")
+    fan_out_since(api.platform, start)
+
+    assert webhooks.deliver_due(api.platform.engine, allow_private=False) == 2
+    assert receiver.requests == []  # nothing was sent
+    refused = {d.webhook_id: d for d in pending(api.platform)}
+    assert set(refused) == {by_address, by_name}
+    for delivery in refused.values():
+        assert delivery.attempts == 1 and delivery.last_status_code is None
+        assert delivery.last_error.startswith("not sent: ") and "a loopback address" in delivery.last_error
+    assert "localhost resolves to 127.0.0.1" in refused[by_name].last_error
+
+    _make_due(api.platform)
+    assert webhooks.deliver_due(api.platform.engine, allow_private=True) == 2
+    assert sorted(r.path for r in receiver.requests) == ["/by-address", "/by-name"]
+    named = next(r for r in receiver.requests if r.path == "/by-name")
+    assert named.headers["host"] == f"localhost:{port}"  # connected to the checked address, as the name
+
+
+def _tls_receiver(tmp_path, receivers) -> tuple[Receiver, ssl.SSLContext, list[str]]:
+    """A receiver serving https with a self-signed certificate for the name ``localhost`` only (no IP
+    address in it); returns it, a client context trusting that certificate, and the SNI names it saw."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    seen: list[str] = []
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert_file, key_file)
+    server_side.sni_callback = lambda _sock, server_name, _ctx: seen.append(server_name)
+    receiver = receivers(tls=server_side)
+    return receiver, ssl.create_default_context(cafile=str(cert_file)), seen
+
+
+def test_https_deliveries_send_and_verify_the_url_s_name_while_connecting_to_its_checked_address(
+    api, receivers, tmp_path
+):
+    receiver, trust, sni_names = _tls_receiver(tmp_path, receivers)
+    port = receiver.server.server_address[1]
+    named = _direct_hook(api.platform, api.tenant_id, f"https://localhost:{port}/named")
+    by_ip = _direct_hook(api.platform, api.tenant_id, f"https://127.0.0.1:{port}/by-ip")
+    start = newest_event_id(api.platform)
+    new_subject(api.platform, api.tenant_id, "Ann")
+    fan_out_since(api.platform, start)
+
+    assert webhooks.deliver_due(api.platform.engine, allow_private=True, verify=trust) == 2
+    with api.platform.sessions() as s:
+        state = {d.webhook_id: d for d in s.scalars(select(WebhookDelivery))}
+    # the certificate names localhost: verified against the url's name, not the address connected to
+    assert state[named].status == "delivered", state[named].last_error
+    assert [r.path for r in receiver.requests] == ["/named"]
+    assert receiver.requests[0].headers["host"] == f"localhost:{port}"
+    assert sorted(sni_names, key=str) == [None, "localhost"]  # no SNI is sent for an address
+    # and verification is on: the same certificate does not prove the address 127.0.0.1
+    assert state[by_ip].status == "pending" and "CERTIFICATE_VERIFY_FAILED" in state[by_ip].last_error
+
+
+# --- a stream lives as long as its key --------------------------------------------------------------
+def test_a_stream_ends_when_its_key_is_revoked_and_sends_nothing_after(tmp_path, database_url, monkeypatch):
+    monkeypatch.setattr(events_router, "KEY_RECHECK_S", 0.3)
+    api = make_api(tmp_path, database_url, api_key_cache_s=0)  # idle streams check every KEY_RECHECK_S
+    platform = api.platform
+    quiet_key = add_key(platform, api.tenant_id)
+    try:
+        with served(api.app) as url, streams(url) as open_stream:
+            busy, quiet = open_stream(api.key), open_stream(quiet_key)
+            first = new_subject(platform, api.tenant_id, "before")
+            assert busy.take(1)[0]["data"]["id"] == first and quiet.take(1)[0]["data"]["id"] == first
+
+            revoke_key(platform, api.key)
+            later = new_subject(platform, api.tenant_id, "after the revocation")
+            assert busy.ended(5), "the stream of a revoked key went on"
+            assert busy.messages.empty()  # not one event from after the revocation
+            assert quiet.take(1)[0]["data"]["id"] == later  # the tenant's other key streams on
+
+            revoke_key(platform, quiet_key)  # nothing happens afterwards: the periodic check ends it
+            assert quiet.ended(5), "an idle stream of a revoked key went on"
+            r = httpx.get(f"{url}/v1/events", headers={"Authorization": f"Bearer {api.key}"})
+            assert r.status_code == 401  # and the reconnection is refused
+    finally:
+        api.close()
+
+
+def test_streams_recheck_their_key_as_often_as_keys_are_cached(tmp_path):
+    cached, uncached = (
+        make_api(tmp_path / "a", api_key_cache_s=7.5),
+        make_api(tmp_path / "b", api_key_cache_s=0),
+    )
+    try:
+        assert events_router.key_recheck_s(cached.platform) == 7.5
+        assert events_router.key_recheck_s(uncached.platform) == events_router.KEY_RECHECK_S
+    finally:
+        cached.close()
+        uncached.close()
+
+
+def test_a_dashboard_stream_ends_when_its_session_s_key_is_revoked(tmp_path):
+    api = make_api(tmp_path, api_key_cache_s=0.5)
+    platform = api.platform
+    try:
+        with served(api.app) as url, httpx.Client(base_url=url) as browser:
+            form = browser.get("/login")
+            token = re.search(r'name="login_token" value="([^"]+)"', form.text)[1]
+            signed = browser.post("/login", data={"key": api.key, "login_token": token, "next": "/"})
+            assert signed.status_code in (200, 303) and browser.cookies.get(session.COOKIE)
+            cookie = {"Cookie": f"{session.COOKIE}={browser.cookies[session.COOKIE]}"}
+            stream = EventStream(url, "", headers=cookie, path="/dashboard/api/v1/events")
+            try:
+                assert stream.status == 200, stream.body
+                first = new_subject(platform, api.tenant_id, "before")
+                assert stream.take(1)[0]["data"]["id"] == first
+                revoke_key(platform, api.key)
+                new_subject(platform, api.tenant_id, "after the revocation")
+                assert stream.ended(5) and stream.messages.empty()
+            finally:
+                stream.close()
+    finally:
+        api.close()

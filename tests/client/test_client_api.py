@@ -31,7 +31,7 @@ def api(tmp_path_factory):
     """The API, a key and a subject (never trained: no worker runs here)."""
     tmp = tmp_path_factory.mktemp("api")
     port = free_port()
-    env = platform_env(tmp / "data", port, rate_limit_per_minute="100000")
+    env = platform_env(tmp / "data", port, rate_limit_per_minute="100000", rate_limit_ip_per_minute="100000")
     synctalk(env, "migrate")
     key = synctalk(env, "keys", "create", "--tenant", "studio").strip().splitlines()[-1]
     served = ApiOnly(env, port, tmp / "api.log")

@@ -1,22 +1,28 @@
-"""Operations (API.md "Operations"), without auth and outside /v1: ``/healthz`` (the process answers),
-``/readyz`` (database, broker and storage reachable: a load balancer sends traffic only then) and
-``/metrics`` (Prometheus text).
+"""Operations (API.md "Operations"), outside /v1: ``/healthz`` (the process answers), ``/readyz``
+(database, broker and storage reachable: a load balancer sends traffic only then) and ``/metrics``
+(Prometheus text).
 
 Dependency checks run on small thread pools of their own with a time limit each, so a dead or hung
 dependency answers 503 in seconds and never ties up the request thread pool; one check per dependency
-kind, so a hung storage cannot make the database look down. Metrics live in a registry per app (tests
-build many apps in one process); request counts come from the ``RateLimit`` middleware (``observe``),
-the rest is read from the database and the broker at each scrape.
+kind, so a hung storage cannot make the database look down. Request metrics live in a registry per
+app (tests build many apps in one process), counted by the ``RateLimit`` middleware (``observe``);
+queue depths and job figures are read from the broker and the database at each scrape.
+
+``/metrics`` shows what its caller may see: without credentials, request metrics and queue depths
+only; with ``Authorization: Bearer <metrics_token>``, also every tenant's jobs by status and the
+stage durations; with a tenant's API key, also that tenant's own jobs by status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -26,10 +32,12 @@ from sqlalchemy import case, func, select, text
 from starlette.routing import Match
 from starlette.types import Scope
 
-from services.api.deps import Platform, PlatformDep
+from services.api.deps import Platform, PlatformDep, _find_key
+from services.api.problems import ApiProblem
+from shared.db.api_keys import hash_key
 from shared.db.models import Render, Stage, Subject
 from shared.db.states import JobState
-from shared.queue.stages import QUEUES
+from shared.queue.app import queue_depths
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
@@ -92,9 +100,9 @@ async def readyz(platform: PlatformDep) -> JSONResponse:
 
 # --- metrics ----------------------------------------------------------------------------------------
 class Metrics:
-    """One app's registry: request counts and durations, and the platform's state read at scrape time."""
+    """One app's request counts and durations."""
 
-    def __init__(self, platform: Callable[[], Platform]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "synctalk_http_requests", "HTTP requests by method, route template and status.",
@@ -105,7 +113,6 @@ class Metrics:
             ["method", "route"], registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )  # fmt: skip
-        self.registry.register(_PlatformCollector(platform))
 
 
 _metrics_lock = threading.Lock()
@@ -115,7 +122,7 @@ def metrics_of(app) -> Metrics:
     with _metrics_lock:
         metrics = getattr(app.state, "metrics", None)
         if metrics is None:
-            metrics = app.state.metrics = Metrics(lambda: app.state.platform)
+            metrics = app.state.metrics = Metrics()
         return metrics
 
 
@@ -146,51 +153,56 @@ def observe(scope: Scope, status: int, seconds: float) -> None:
         log.exception("could not record request metrics")
 
 
-class _PlatformCollector:
-    """Queue depths, jobs by status and finished stage durations, read at each scrape."""
+@dataclass(frozen=True)
+class Audience:
+    """Who scrapes: anyone (``public``), the platform's operators (``everything``), or one tenant."""
 
-    def __init__(self, platform: Callable[[], Platform]) -> None:
-        self.platform = platform
+    everything: bool = False
+    tenant_id: str | None = None
+
+
+class _StateCollector:
+    """Queue depths, and the job figures the audience may see, read at the scrape."""
+
+    def __init__(self, platform: Platform, audience: Audience) -> None:
+        self.platform, self.audience = platform, audience
 
     def collect(self) -> Iterator:
-        platform = self.platform()
-        for part in (_queue_depth, _jobs, _stage_seconds):
+        parts: list[Callable[[], object]] = [lambda: _queue_depth(self.platform)]
+        if self.audience.everything:
+            parts += [lambda: _jobs(self.platform), lambda: _stage_seconds(self.platform)]
+        elif self.audience.tenant_id is not None:
+            parts.append(lambda: _jobs(self.platform, self.audience.tenant_id))
+        for part in parts:
             try:
-                yield part(platform)
+                yield part()
             except Exception as exc:  # noqa: BLE001 -- one unreachable dependency leaves the rest of the scrape
-                log.warning("metrics: %s failed: %s", part.__name__.strip("_"), _summary(exc))
+                log.warning("metrics: a part of the scrape failed: %s", _summary(exc))
 
 
 def _queue_depth(platform: Platform) -> GaugeMetricFamily:
-    def depths() -> dict[str, int]:
-        found = {}
-        with platform.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_TIMEOUT_S)
-            for queue in QUEUES:
-                channel = conn.channel()
-                try:
-                    found[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-                except Exception:  # noqa: BLE001 -- a queue nothing was ever sent to does not exist yet
-                    found[queue] = 0
-                finally:
-                    channel.close()
-        return found
-
     try:
-        counts = _POOLS["broker"].submit(depths).result(timeout=CHECK_TIMEOUT_S)
+        counts = _POOLS["broker"].submit(queue_depths, platform.celery, BROKER_TIMEOUT_S)
+        counts = counts.result(timeout=CHECK_TIMEOUT_S)
     except FutureTimeout as exc:
         raise TimeoutError(f"the broker did not answer within {CHECK_TIMEOUT_S:g} s") from exc
+    if not counts:
+        raise ConnectionError("the broker could not be reached for queue depths")
     family = GaugeMetricFamily("synctalk_queue_depth", "Tasks waiting in each queue.", labels=["queue"])
     for queue, n in counts.items():
         family.add_metric([queue], n)
     return family
 
 
-def _jobs(platform: Platform) -> GaugeMetricFamily:
+def _jobs(platform: Platform, tenant_id: str | None = None) -> GaugeMetricFamily:
+    """Subjects and renders by status: every tenant's, or ``tenant_id``'s only."""
     family = GaugeMetricFamily("synctalk_jobs", "Subjects and renders by status.", labels=["kind", "status"])
     with platform.sessions() as s:
         for kind, model in (("subject", Subject), ("render", Render)):
-            counts = dict(s.execute(select(model.status, func.count()).group_by(model.status)).all())
+            stmt = select(model.status, func.count()).group_by(model.status)
+            if tenant_id is not None:
+                stmt = stmt.where(model.tenant_id == tenant_id)
+            counts = dict(s.execute(stmt).all())
             for state in JobState:
                 family.add_metric([kind, state.value], counts.get(state.value, 0))
     return family
@@ -221,7 +233,46 @@ def _stage_seconds(platform: Platform) -> SummaryMetricFamily:
     return family
 
 
+def _tenant_of_key(platform: Platform, key: str) -> str | None:
+    """The tenant of a valid API key, as the /v1 routes verify it (the same cache of verified keys)."""
+    digest = hash_key(key, platform.settings.secret_key)
+    cached = platform.verified_keys.get(digest)
+    if cached is not None:
+        return cached[0]
+    found = _find_key(platform, key)
+    if found is None:
+        return None
+    platform.verified_keys.put(digest, *found)
+    return found[0]
+
+
+def _audience(request: Request, platform: Platform) -> Audience:
+    """From the ``Authorization`` header: none, the metrics token, or an API key. Anything else is a
+    401, so a scraper with a wrong token fails loudly instead of seeing less."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return Audience()
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        expected = platform.settings.metrics_token
+        if expected and hmac.compare_digest(token.encode(), expected.encode()):  # constant time
+            return Audience(everything=True)
+        tenant_id = _tenant_of_key(platform, token)
+        if tenant_id is not None:
+            return Audience(tenant_id=tenant_id)
+    raise ApiProblem(
+        401, "unauthorized", "Send the metrics token or an API key as 'Authorization: Bearer <token>', or none.",
+        {"WWW-Authenticate": "Bearer"},
+    )  # fmt: skip
+
+
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(request: Request) -> Response:
-    registry = metrics_of(request.app).registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """Request metrics and queue depths for anyone; with ``Authorization: Bearer <metrics token>`` also
+    every tenant's jobs by status and the stage durations; with an API key, its tenant's jobs."""
+    platform: Platform = request.app.state.platform
+    state = CollectorRegistry()
+    state.register(_StateCollector(platform, _audience(request, platform)))
+    body = generate_latest(metrics_of(request.app).registry) + generate_latest(state)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

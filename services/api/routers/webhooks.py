@@ -16,6 +16,7 @@ from shared.db.models import Webhook
 from shared.db.session import tenant_scoped
 from shared.jobs import webhooks
 from shared.jobs.views import rfc3339
+from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 MAX_PER_TENANT = 50  # every state change is matched against each of the tenant's webhooks
@@ -42,10 +43,15 @@ def webhook_view(row: Webhook) -> dict:
     }
 
 
-def _validated(body: WebhookCreate) -> tuple[str, list[str]]:
+async def _validated(body: WebhookCreate, settings: Settings) -> tuple[str, list[str]]:
+    """The url and the event patterns, or a 422 saying what to fix. The url's host must be a public
+    address (shared/jobs/webhooks.py): its name is looked up here, for at most a few seconds, on
+    threads of its own; a name that does not resolve is accepted, and every delivery checks again."""
+    allow_private = settings.webhook_allow_private
     try:
-        url = webhooks.check_url(body.url.strip())
+        url = webhooks.check_url(body.url.strip(), allow_private=allow_private)
         patterns = list(dict.fromkeys(webhooks.check_pattern(p.strip()) for p in body.events))
+        await webhooks.check_url_addresses(url, allow_private=allow_private)
     except ValueError as exc:
         raise ApiProblem(422, "invalid_request", str(exc)) from exc
     return url, patterns
@@ -58,7 +64,7 @@ async def create_webhook(
     """Answers the webhook with its signing ``secret`` (``whsec_...``): it is shown only here. Each
     delivery is a POST of ``{"type", "timestamp", "data"}`` with ``webhook-id``, ``webhook-timestamp``
     and ``webhook-signature`` headers; failed deliveries are retried with backoff for about 17 hours."""
-    url, patterns = _validated(body)
+    url, patterns = await _validated(body, platform.settings)
     digest = request_hash("POST", request.url.path, body.model_dump_json())
     idem = Idempotency(session, tenant.id, request.headers.get("idempotency-key"))
 
@@ -72,7 +78,7 @@ async def create_webhook(
             )
         row = Webhook(tenant_id=tenant.id, url=url, events=patterns, secret=webhooks.new_secret())
         session.add(row)
-        session.commit()
+        session.flush()  # its defaults (created_at)
         return {**webhook_view(row), "secret": row.secret}, f"/v1/webhooks/{row.id}"
 
     return await idem.run(digest, work, status=201)

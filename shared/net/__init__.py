@@ -1,0 +1,1 @@
+"""Network address checks shared by the services and the workers."""
