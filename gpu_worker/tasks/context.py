@@ -71,10 +71,12 @@ def worker_context(celery=None) -> WorkerContext:
 
 def build_context(settings: Settings, celery=None) -> WorkerContext:
     """``celery``: the app that sends the next stages (the worker's own; a new one from the settings)."""
+    from shared.db.schema import ensure_schema
     from shared.db.session import make_engine
     from shared.queue.app import make_celery
     from shared.storage import storage_from_settings
 
+    ensure_schema(settings, verify=False)  # the embedded default makes its own schema, for any command
     cache = settings.resolved_worker_cache_dir
     cache.mkdir(parents=True, exist_ok=True)
     return WorkerContext(

@@ -5,7 +5,8 @@
   scheduler sends the due ones never sent (``sent_at`` NULL) and sends again those the broker lost.
 - ``scheduler_leases``: one ``synctalk scheduler`` acts at a time. ``workers``: what workers report of
   themselves (the default profile). ``storage_deletions``: files of deleted rows, deleted until storage
-  confirms. ``ix_events_created_at``: retention prunes old events.
+  confirms. Indexes for retention and deletion: events by age, uploads by expiry and stored object,
+  subjects and renders by upload.
 
 Stages queued before this revision: the due ones (a subject's first unfinished stage, a render's stage
 once its subject succeeded) get ``ready_at`` now and no ``sent_at``, so the scheduler sends them (a
@@ -39,6 +40,13 @@ def upgrade() -> None:
         batch_op.create_index("ix_stages_queue_sent", ["queue", "sent_at"], unique=False)
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index("ix_events_created_at", ["created_at"], unique=False)
+    # deletion and retention ask "does anything still use this upload / this stored object?"
+    for table in ("subjects", "renders"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.create_index(batch_op.f(f"ix_{table}_upload_id"), ["upload_id"], unique=False)
+    with op.batch_alter_table("uploads", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_uploads_storage_key"), ["storage_key"], unique=False)
+        batch_op.create_index(batch_op.f("ix_uploads_expires_at"), ["expires_at"], unique=False)
     op.create_table(
         "scheduler_leases",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -108,6 +116,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_workers_seen_at"))
     op.drop_table("workers")
     op.drop_table("scheduler_leases")
+    with op.batch_alter_table("uploads", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_uploads_expires_at"))
+        batch_op.drop_index(batch_op.f("ix_uploads_storage_key"))
+    for table in ("renders", "subjects"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_index(batch_op.f(f"ix_{table}_upload_id"))
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_created_at")
     with op.batch_alter_table("stages", schema=None) as batch_op:

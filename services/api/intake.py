@@ -9,6 +9,7 @@ memory; the probe runs on that local file only (ffmpeg never sees a URL).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -27,8 +28,9 @@ from services.api.problems import ApiProblem
 from shared.db.models import Upload, new_id, utcnow
 from shared.errors import SyncTalkError
 from shared.jobs import keys
-from shared.storage import NotFoundError
+from shared.storage import NotFoundError, StorageError, TooLargeError
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 VIDEO, AUDIO = "video", "audio"
 # a file sent in the request itself (POST /v1/uploads/files): held in memory while it is checked
@@ -213,8 +215,10 @@ class Verdict:
 
 
 def inspect(platform, upload_id: str, storage_key: str, announced: int, filename: str) -> Verdict:
-    """Check one stored upload: its header alone where that says everything (a plain WAV), else the
-    whole file fetched and probed. No session: safe on a thread of its own."""
+    """Check one stored upload: its size against the announced one (from the header's read: a file
+    larger than announced is refused and deleted without reading more), then its header alone where
+    that says everything (a plain WAV), else the whole file fetched and probed. No session: safe on a
+    thread of its own."""
     from gpu_worker.media.errors import MediaError
     from gpu_worker.media.probe_wav import HEAD_BYTES
 
@@ -228,6 +232,8 @@ def inspect(platform, upload_id: str, storage_key: str, announced: int, filename
             422, "upload_incomplete",
             f"Upload {upload_id} holds {stored} of the {announced} bytes announced: PUT the whole file again.",
         ))  # fmt: skip
+    if stored > announced:
+        return Verdict(refusal=_refuse_oversized(platform, upload_id, storage_key, stored, announced))
     try:
         fetch = partial(platform.storage.get_file, storage_key)
         return Verdict(probe=probe_audio(head, stored, filename, platform.settings, fetch), size=stored)
@@ -235,6 +241,22 @@ def inspect(platform, upload_id: str, storage_key: str, announced: int, filename
         return Verdict(refusal=exc, size=stored)
     except NotFoundError:  # deleted between the two reads
         return Verdict(problem=ApiProblem(422, "upload_incomplete", incomplete))
+
+
+def _refuse_oversized(
+    platform, upload_id: str, storage_key: str, stored: int, announced: int
+) -> TooLargeError:
+    """A PUT that carried more than its upload announced (a server that does not enforce the signed
+    length let it through): refused from the size alone, before any more than the header is read, so
+    a file announced small never costs a large download; its object is deleted at once."""
+    try:
+        platform.storage.delete(storage_key)
+    except StorageError:  # left to retention: a refused upload is never referenced, so it goes once expired
+        log.warning("could not delete the oversized upload %s now", upload_id, exc_info=True)
+    return TooLargeError(
+        f"Upload {upload_id} holds {stored} bytes, more than the {announced} it announced; "
+        "create a new upload with the file's exact size."
+    )
 
 
 def checked_uploads(

@@ -17,18 +17,23 @@ import click
 
 
 def migrate_database(settings) -> None:
-    """``alembic upgrade head`` on the settings' database (an explicit step, never at import)."""
-    from pathlib import Path
+    """``alembic upgrade head`` on the settings' database (an explicit step, never at import; a SQLite
+    file's under the lock its other users take, shared/db/schema.py)."""
+    from shared.db.schema import upgrade
 
-    from alembic import command
-    from alembic.config import Config
-
-    repo = Path(__file__).resolve().parents[2]
-    cfg = Config(str(repo / "alembic.ini"))
-    cfg.set_main_option("script_location", str(repo / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", settings.resolved_database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(cfg, "head")
+    upgrade(settings.resolved_database_url)
+
+
+def _database(settings):
+    """An engine on the settings' database, its schema made current first on the embedded SQLite file
+    (a first command on a fresh data folder needs no `synctalk migrate`); a server database behind this
+    code's schema is a clear error naming `synctalk migrate`."""
+    from shared.db.schema import ensure_schema
+    from shared.db.session import make_engine
+
+    ensure_schema(settings)
+    return make_engine(settings)
 
 
 @click.command("migrate")
@@ -49,31 +54,47 @@ def keys() -> None:
 @click.option("--tenant", required=True, help="Tenant name (created when new).")
 def keys_create(tenant: str) -> None:
     """Create an API key for TENANT; the key is printed alone on the last line."""
-    from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from shared.db.api_keys import generate_key, hash_key
-    from shared.db.models import ApiKey, Tenant
-    from shared.db.session import make_engine, session_scope
+    from shared.db.api_keys import generate_key
     from shared.settings import get_settings
 
     settings = get_settings()
-    engine = make_engine(settings)
     key, prefix = generate_key()
     try:
-        with session_scope(engine) as s:
-            row = s.scalars(select(Tenant).where(Tenant.name == tenant)).first()
-            if row is None:
-                row = Tenant(name=tenant)
-                s.add(row)
-                s.flush()
-            s.add(ApiKey(tenant_id=row.id, prefix=prefix, key_hash=hash_key(key, settings.secret_key)))
+        _add_key(_database(settings), settings, tenant, key, prefix)
     except (OperationalError, ProgrammingError) as exc:
         raise click.ClickException(
-            f"the database is not ready ({type(exc).__name__}); run `synctalk migrate` first"
+            f"the database cannot be used ({type(exc).__name__}): is it reachable, and its schema made "
+            "with `synctalk migrate`?"
         ) from None
     click.echo(f"tenant {tenant!r}: new key {prefix}... (shown once; only its hash is stored)")
     click.echo(key)
+
+
+def _add_key(engine, settings, tenant: str, key: str, prefix: str) -> None:
+    """The key's row, and its tenant's when new. Two commands creating the same new tenant at once: the
+    second's insert breaks the unique name, and its retry finds the first's tenant."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
+
+    from shared.db.api_keys import hash_key
+    from shared.db.models import ApiKey, Tenant
+    from shared.db.session import session_scope
+
+    for attempt in range(3):
+        try:
+            with session_scope(engine) as s:
+                row = s.scalars(select(Tenant).where(Tenant.name == tenant)).first()
+                if row is None:
+                    row = Tenant(name=tenant)
+                    s.add(row)
+                    s.flush()
+                s.add(ApiKey(tenant_id=row.id, prefix=prefix, key_hash=hash_key(key, settings.secret_key)))
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
 
 
 @keys.command("revoke")
@@ -84,10 +105,10 @@ def keys_revoke(prefix: str) -> None:
 
     from shared.db.api_keys import PREFIX_LEN
     from shared.db.models import ApiKey, utcnow
-    from shared.db.session import make_engine, session_scope
+    from shared.db.session import session_scope
     from shared.settings import get_settings
 
-    with session_scope(make_engine(get_settings())) as s:
+    with session_scope(_database(get_settings())) as s:
         row = s.scalars(select(ApiKey).where(ApiKey.prefix == prefix[:PREFIX_LEN])).first()
         if row is None or len(prefix) < 8:
             raise click.ClickException(f"no key starts with {prefix!r}")
@@ -138,7 +159,7 @@ def worker(queues: str, concurrency: int, name: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
-    """Everything in one command: the database migrated, a worker for each queue, and the API."""
+    """Everything in one command: the database migrated, a worker for each queue, the scheduler, the API."""
     from shared.settings import get_settings
 
     settings = get_settings()
@@ -152,7 +173,10 @@ def serve(host: str, port: int) -> None:
         subprocess.Popen([*exe, "worker", "--queues", q, "--name", f"{q}@serve"], env=env)
         for q in ("cpu", "gpu")
     ]
-    click.echo(f"synctalk: API on http://{host}:{port}, workers for cpu and gpu; data in {settings.data_dir}")
+    children.append(subprocess.Popen([*exe, "scheduler"], env=env))
+    click.echo(
+        f"synctalk: API on http://{host}:{port}, workers for cpu and gpu, the scheduler; data in {settings.data_dir}"
+    )
     api_proc = subprocess.Popen([*exe, "api", "--host", host, "--port", str(port)], env=env)
     children.append(api_proc)
     stop = {"asked": False}

@@ -90,14 +90,14 @@ class Upload(Base):
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(100))
     bytes: Mapped[int] = mapped_column(BigInteger)
-    storage_key: Mapped[str] = mapped_column(String(512))
+    storage_key: Mapped[str] = mapped_column(String(512), index=True)  # deletion finds a bundle's parts
     # where the file starts in ``storage_key`` when it is a part of a shared object (files sent inline
     # are stored one object per call), ``bytes`` long; None: the upload is the whole object
     part_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | received | refused
     probe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the media layer's description
     created_at: Mapped[datetime] = mapped_column(When, default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(When)
+    expires_at: Mapped[datetime] = mapped_column(When, index=True)  # retention prunes expired ones
 
 
 class JobColumns:
@@ -128,7 +128,7 @@ class Subject(JobColumns, Base):
     name: Mapped[str] = mapped_column(String(200))
     profile: Mapped[str] = mapped_column(String(16))
     upload_id: Mapped[str | None] = mapped_column(
-        ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True
+        ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True, index=True
     )
     source_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     dataset_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
@@ -168,7 +168,7 @@ class Render(JobColumns, Base):
     mode: Mapped[str] = mapped_column(String(16), default="fullframe")
     start_frame: Mapped[int] = mapped_column(Integer, default=0)
     upload_id: Mapped[str | None] = mapped_column(
-        ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True
+        ForeignKey("uploads.id", ondelete="SET NULL"), nullable=True, index=True
     )
     audio_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     video_key: Mapped[str | None] = mapped_column(String(512), nullable=True)

@@ -190,7 +190,7 @@ class Scheduler:
     def deliver_webhooks(self) -> int:
         from shared.jobs.webhooks import deliver_due
 
-        return deliver_due(self.engine)
+        return deliver_due(self.engine, allow_private=self.settings.webhook_allow_private)
 
     def housekeeping(self) -> None:
         """Stored files of deleted rows (retried until storage takes them), then retention (hourly)."""
@@ -212,8 +212,11 @@ class Scheduler:
 
 
 def build(settings: Settings) -> Scheduler:
+    from shared.db.schema import ensure_schema
     from shared.db.session import make_engine
     from shared.queue.app import make_celery
     from shared.storage import storage_from_settings
+
+    ensure_schema(settings, verify=False)  # the embedded default makes its own; PostgreSQL is migrated apart
 
     return Scheduler(settings, make_engine(settings), make_celery(settings), storage_from_settings(settings))

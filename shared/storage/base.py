@@ -254,7 +254,9 @@ class Storage(ABC):
     def presign_put(
         self, key: str, content_type: str, expires_s: int = 900, *, max_bytes: int | None = None
     ) -> SignedRequest:
-        """A short-lived PUT URL; the client must send the returned headers (its Content-Type)."""
+        """A short-lived PUT URL; the client must send the returned headers (its Content-Type, and on S3
+        its Content-Length). ``max_bytes``: the file's announced size; the local route refuses a longer
+        body, S3 signs it as the exact Content-Length (a presigned PUT signs one length, not a range)."""
 
     @abstractmethod
     def check(self) -> None:

@@ -392,12 +392,20 @@ class S3Storage(Storage):
     def presign_put(
         self, key: str, content_type: str, expires_s: int = 900, *, max_bytes: int | None = None
     ) -> SignedRequest:
-        # A presigned PUT cannot cap its size (only POST policies can): the API checks size() after the
-        # client reports the upload done, before any work is queued.
+        # A presigned PUT cannot sign a range of sizes (only POST policies can), but it can sign one
+        # Content-Length: S3 then refuses a body of any other length (SignatureDoesNotMatch), so a file
+        # announced small cannot be sent large. ``max_bytes`` is therefore the exact size here (uploads
+        # announce theirs), and the client must send it as Content-Length (HTTP clients set it from
+        # the body anyway). The API still compares the stored size with the announced one, for
+        # S3-compatible servers that do not check signed headers (moto's, for one).
         content_type = content_type.strip()
         self._ensure_bucket()
         params = {"Bucket": self.bucket, "Key": self._full(key), "ContentType": content_type}
-        return self._presign("put_object", "PUT", params, expires_s, {"Content-Type": content_type})
+        headers = {"Content-Type": content_type}
+        if max_bytes is not None:
+            params["ContentLength"] = max_bytes
+            headers["Content-Length"] = str(max_bytes)
+        return self._presign("put_object", "PUT", params, expires_s, headers)
 
     def _presign(self, op: str, method: str, params: dict, expires_s: int, headers: dict) -> SignedRequest:
         expires_s = check_expiry(expires_s)

@@ -1,18 +1,14 @@
 """Retention (shared/jobs/retention.py) on SQLite and on PostgreSQL: old events and finished webhook
 deliveries, expired idempotency keys, and expired uploads nothing uses (with their stored files, through
-recorded deletions the purge completes) are pruned in bounded batches; everything else stays."""
+recorded deletions the purge completes) are pruned in bounded batches; everything else stays. The
+``engine`` fixture (both databases, migrated) is tests/jobs/conftest.py's."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy import event, func, select
 
 from shared.db.models import (
     Event,
@@ -24,42 +20,13 @@ from shared.db.models import (
     WebhookDelivery,
     utcnow,
 )
-from shared.db.session import make_engine, session_scope
+from shared.db.session import session_scope
 from shared.jobs import deletions, keys, lifecycle, retention
 from shared.settings import Settings
 from shared.storage import LocalStorage
 
-REPO = Path(__file__).resolve().parents[2]
 NOW = utcnow()
 DAYS = 7
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):
-    admin = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        server = os.environ.get("SYNCTALK_TEST_POSTGRES_URL")
-        if not server:
-            if os.environ.get("CI") == "true":
-                pytest.fail("CI must provide SYNCTALK_TEST_POSTGRES_URL (.ci/run sets it)")
-            pytest.skip("SYNCTALK_TEST_POSTGRES_URL not set")
-        name = f"synctalk_test_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = server.rsplit("/", 1)[0] + f"/{name}"
-    cfg = Config(str(REPO / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "head")
-    eng = make_engine(Settings(database_url=url))
-    yield eng
-    eng.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def ago(days: float = 0, hours: float = 0):
@@ -158,7 +125,8 @@ def test_expired_uploads_nothing_uses_go_with_their_files_and_shared_objects_wit
         bundle = keys.upload_key(t, "bundle1")  # three files sent inline: one used by a render
         kept_parts = [upload(f"b{i}.wav", ago(hours=1), bundle, 4 * i) for i in range(3)]
         gone_bundle = keys.upload_key(t, "bundle2")  # two files sent inline, neither ever used
-        gone_parts = [upload(f"g{i}.wav", ago(hours=1), gone_bundle, 4 * i) for i in range(2)]
+        for i in range(2):
+            upload(f"g{i}.wav", ago(hours=1), gone_bundle, 4 * i)
         s.flush()
         subject, _ = lifecycle.create_subject(s, t, name="ann", profile="tiny", upload_id=used.id)
         lifecycle.create_render(s, t, subject, upload_id=kept_parts[1].id, audio_key=bundle)

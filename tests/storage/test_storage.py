@@ -292,8 +292,8 @@ def test_a_64_mb_file_streams_in_both_directions(storage: Storage, tmp_path: Pat
 # --- signed URLs ------------------------------------------------------------------------------------------
 def test_s3_presigned_put_and_get_over_http(s3_storage: S3Storage) -> None:
     body = os.urandom(MiB)
-    put = s3_storage.presign_put("up/1/source.mp4", "video/mp4", 300, max_bytes=2 * MiB)
-    assert put.method == "PUT" and put.headers == {"Content-Type": "video/mp4"}
+    put = s3_storage.presign_put("up/1/source.mp4", "video/mp4", 300, max_bytes=MiB)  # the exact size
+    assert put.method == "PUT" and put.headers == {"Content-Type": "video/mp4", "Content-Length": str(MiB)}
     assert 290 < (put.expires_at.timestamp() - time.time()) <= 300
     with httpx.Client(trust_env=False, timeout=30) as http:
         assert http.put(put.url, content=body, headers=put.headers).status_code == 200

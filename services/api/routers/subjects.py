@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timedelta
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -12,11 +15,12 @@ from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.intake import VIDEO
 from services.api.pagination import Cursor, Limit, StatusFilter, next_cursor, page
 from services.api.problems import ApiProblem
-from shared.db.models import Render, Subject
+from shared.db.models import Render, Subject, WorkerInfo, utcnow
 from shared.db.session import tenant_scoped
 from shared.db.states import JobKind
-from shared.jobs import keys, lifecycle
+from shared.jobs import deletions, lifecycle
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 PROFILES = ("tiny", "preview", "standard")
 
@@ -29,19 +33,33 @@ class SubjectCreate(BaseModel):
     profile: str | None = Field(default=None, description="tiny | preview | standard")
 
 
-def default_profile(settings) -> str:
+GPU_SEEN_WITHIN = timedelta(days=7)
+# folders deleted within a DELETE request (the subject's first, then its renders'); a subject with more
+# renders answers without waiting for them all: the scheduler deletes the rest on its next passes
+PURGE_NOW = 100
+
+
+def default_profile(session, settings, *, now: datetime | None = None) -> str:
+    """The profile of a subject created without one: the setting when set; else ``standard`` when a
+    worker serving the gpu queue reported a CUDA GPU within a week (the API's own machine says nothing:
+    on the real stack it has no GPU, the workers do), else ``preview`` (what a CPU trains in minutes)."""
     if settings.default_profile:
         return settings.default_profile
-    try:
-        import torch
-
-        return "standard" if torch.cuda.is_available() else "preview"
-    except ImportError:
-        return "preview"
+    return "standard" if _gpu_worker_seen(session, now or utcnow()) else "preview"
 
 
-def _profile(value: str | None, settings) -> str:
-    profile = value or default_profile(settings)
+def _gpu_worker_seen(session, now: datetime) -> bool:
+    rows = session.execute(
+        select(WorkerInfo.queues, WorkerInfo.accelerator).where(WorkerInfo.seen_at >= now - GPU_SEEN_WITHIN)
+    )
+    return any(
+        "gpu" in {q.strip() for q in queues.split(",")} and (accelerator or "").lower().startswith("cuda")
+        for queues, accelerator in rows
+    )
+
+
+def _profile(value: str | None, session, settings) -> str:
+    profile = value or default_profile(session, settings)
     if profile not in PROFILES:
         raise ApiProblem(
             422, "invalid_request", f"profile must be one of {', '.join(PROFILES)}, got {profile!r}."
@@ -62,18 +80,17 @@ async def create_subject(
     optional ``name`` and ``profile``. The video is probed before anything is queued."""
     return await resources.create_from_request(
         request, platform, session, tenant, kind=VIDEO, file_field="video", model=SubjectCreate,
-        build=lambda fields, upload: _new_subject(platform, session, tenant, fields, upload),
+        build=lambda fields, upload, idem: _new_subject(platform, session, tenant, fields, upload, idem),
     )  # fmt: skip
 
 
-def _new_subject(platform, session, tenant, fields: dict, upload) -> tuple[dict, str]:
+def _new_subject(platform, session, tenant, fields: dict, upload, idem) -> tuple[dict, str]:
     name = (fields.get("name") or upload.filename.rsplit(".", 1)[0] or "subject")[:200]
     subject, nxt = lifecycle.create_subject(
-        session, tenant.id, name=name, profile=_profile(fields.get("profile"), platform.settings),
+        session, tenant.id, name=name, profile=_profile(fields.get("profile"), session, platform.settings),
         upload_id=upload.id, source_key=None,
     )  # fmt: skip
-    session.commit()
-    platform.send(nxt)
+    idem.after_commit(lambda: platform.send(nxt))
     return lifecycle.view(session, JobKind.subject, subject), f"/v1/subjects/{subject.id}"
 
 
@@ -119,14 +136,19 @@ def cancel_subject(
 def delete_subject(
     subject_id: str, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
 ) -> Response:
+    """Cancels its jobs, deletes its rows and records every stored file of it (its folder, its renders',
+    the uploads nothing else uses) in one transaction; then deletes those files. What storage refuses
+    now stays recorded, and the scheduler deletes it later (shared/jobs/deletions.py)."""
     subject = get_owned(session, tenant.id, subject_id)
     render_ids = list(session.scalars(select(Render.id).where(Render.subject_id == subject.id)))
     for render_id in render_ids:
         lifecycle.request_cancel(session, JobKind.render, render_id)
     lifecycle.request_cancel(session, JobKind.subject, subject.id)
-    session.delete(subject)  # its renders, stages and batches go with it (foreign keys)
+    recorded = deletions.record_subject_deletion(session, tenant.id, subject.id)
     session.commit()
-    platform.storage.delete_prefix(keys.subject_prefix(tenant.id, subject_id))
-    for render_id in render_ids:
-        platform.storage.delete_prefix(keys.render_prefix(tenant.id, render_id))
+    try:
+        ids = [d.id for d in recorded]
+        deletions.purge_due(platform.sessions, platform.storage, ids=ids, limit=PURGE_NOW)
+    except Exception:  # noqa: BLE001 -- the rows are committed: the scheduler purges them, the request is done
+        log.warning("deleting the files of subject %s is left to the scheduler", subject_id, exc_info=True)
     return Response(status_code=204)

@@ -84,7 +84,6 @@ async def create_upload(
     def work() -> tuple[dict, str]:
         upload, out = _new_upload(platform, tenant.id, body, content_type)
         session.add(upload)
-        session.commit()
         return out, f"/v1/uploads/{upload.id}"
 
     return await idem.run(digest, work, status=201)
@@ -113,7 +112,6 @@ async def create_uploads(
     def work() -> tuple[dict, None]:
         made = [_new_upload(platform, tenant.id, item, t) for item, t in zip(body.items, types, strict=True)]
         session.add_all(upload for upload, _ in made)
-        session.commit()
         return {"object": "list", "data": [out for _, out in made]}, None
 
     return await idem.run(digest, work, status=201)
@@ -166,7 +164,6 @@ async def _store_files(request: Request, platform: Platform, session, tenant, fo
         uploads = store_inline(platform, tenant.id, parts)
         stored.extend({u.storage_key for u in uploads})  # the one object they share
         session.add_all(uploads)
-        session.commit()
         return {"object": "list", "data": [_public(u) for u in uploads]}, None
 
     def drop_stored() -> None:  # stored, but the rows were not committed: nothing may name them
