@@ -42,10 +42,10 @@ def test_compose_config_is_valid_and_complete():
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load(out.stdout)
     services = config["services"]
-    assert {"postgres", "redis", "minio", "migrate", "api", "worker-cpu", "worker-gpu", "flower"} <= set(
-        services
-    )
-    for name in ("migrate", "api", "worker-cpu", "worker-gpu"):
+    assert {
+        "postgres", "redis", "minio", "migrate", "api", "scheduler", "worker-cpu", "worker-gpu", "flower"
+    } <= set(services)  # fmt: skip
+    for name in ("migrate", "api", "scheduler", "worker-cpu", "worker-gpu"):
         env = services[name]["environment"]
         assert (
             env["SYNCTALK_ENVIRONMENT"] == "production"
