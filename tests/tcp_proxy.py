@@ -187,6 +187,11 @@ class TcpProxy:
         self.stop()
 
     @property
+    def url(self) -> str:
+        """``http://HOST:PORT``: the proxy as an HTTP client's endpoint."""
+        return f"http://{self.listen_host}:{self.port}"
+
+    @property
     def address(self) -> tuple[str, int]:
         """Where clients connect: ``(host, port)``."""
         return self.listen_host, self.port

@@ -11,12 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
+from databases import throwaway_postgres
+from sqlalchemy import create_engine, inspect, select
 
 from shared.db import schema
 from shared.db.models import ApiKey, Tenant
@@ -97,21 +97,8 @@ def test_a_database_at_head_is_left_alone_without_waiting_for_the_lock(tmp_path)
 
 @pytest.fixture
 def empty_postgres():
-    server = os.environ.get("SYNCTALK_TEST_POSTGRES_URL")
-    if not server:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must provide SYNCTALK_TEST_POSTGRES_URL (.ci/run sets it)")
-        pytest.skip("SYNCTALK_TEST_POSTGRES_URL not set")
-    name = f"synctalk_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_postgres() as url:
+        yield url
 
 
 def test_postgres_is_never_migrated_implicitly(empty_postgres, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import shutil
 import socket
@@ -15,7 +14,6 @@ import ssl
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,12 +21,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import pytest
 import uvicorn
 from alembic import command
 from alembic.config import Config
+from databases import throwaway_postgres
 from fastapi import FastAPI
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from services.api.app import create_app
@@ -72,23 +70,9 @@ def sqlite_url(folder: Path) -> str:
 @contextmanager
 def postgres_url() -> Iterator[str]:
     """A throw-away migrated database on the local Postgres server (SYNCTALK_TEST_POSTGRES_URL)."""
-    server = os.environ.get("SYNCTALK_TEST_POSTGRES_URL")
-    if not server:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must provide SYNCTALK_TEST_POSTGRES_URL (.ci/run sets it)")
-        pytest.skip("SYNCTALK_TEST_POSTGRES_URL not set")
-    name = f"synctalk_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = server.rsplit("/", 1)[0] + f"/{name}"
+    with throwaway_postgres() as url:
         migrate(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def api_settings(root: Path, database_url: str | None = None, **overrides) -> Settings:

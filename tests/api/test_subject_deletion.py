@@ -19,8 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import Api, make_api, postgres_url
-from s3_helpers import MotoServer, free_port, undeletable, use_test_credentials
+from api_helpers import Api, free_port, make_api, postgres_url
+from moto_server import MotoS3
+from s3_helpers import undeletable, use_test_credentials
 from sqlalchemy import select
 
 from shared.db.models import StorageDeletion, Upload, utcnow
@@ -29,8 +30,8 @@ from shared.storage.s3 import S3Storage
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+def moto(tmp_path_factory) -> Iterator[MotoS3]:
+    server = MotoS3(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
 

@@ -23,8 +23,10 @@ import httpx
 import pytest
 from api_helpers import Api, make_api
 from botocore.config import Config
-from s3_helpers import AWS_TEST_ENV, ByteProxy, MotoServer, use_test_credentials
+from moto_server import MotoS3
+from s3_helpers import AWS_TEST_ENV, use_test_credentials
 from sqlalchemy import select
+from tcp_proxy import TcpProxy
 
 from shared.db.models import Subject, Upload
 from shared.jobs import keys
@@ -37,17 +39,17 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+def moto(tmp_path_factory) -> Iterator[MotoS3]:
+    server = MotoS3(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
 
 
 @pytest.fixture
-def relay(moto: MotoServer) -> Iterator[ByteProxy]:
-    proxy = ByteProxy(moto.url)
+def relay(moto: MotoS3) -> Iterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", int(moto.url.rsplit(":", 1)[1]), name="s3").start()
     yield proxy
-    proxy.close()
+    proxy.stop()
 
 
 def bucket() -> str:
@@ -135,7 +137,7 @@ def test_an_s3_presigned_put_signs_the_exact_length_it_announced(moto, monkeypat
 
 # --- (b) the API refuses a stored file larger than announced, reading only its header -----------------
 @pytest.fixture
-def s3_api(moto, relay, monkeypatch, tmp_path) -> Iterator[tuple[Api, ByteProxy]]:
+def s3_api(moto, relay, monkeypatch, tmp_path) -> Iterator[tuple[Api, TcpProxy]]:
     """The API on S3: its storage client goes through the counting relay; clients' presigned URLs
     point at moto itself."""
     use_test_credentials(monkeypatch, tmp_path)
@@ -169,10 +171,12 @@ def test_a_presigned_upload_larger_than_announced_is_refused_from_its_size_alone
     storage_bucket = api.platform.storage.bucket
     assert s3.head_object(Bucket=storage_bucket, Key=key)["ContentLength"] == len(big)
 
-    relay.reset()
+    relay.reset_counters()
     client = api.client()
     r = client.post("/v1/subjects", json={"upload_id": upload["id"]})
-    assert relay.to_client < 256 * 1024, f"the API read {relay.to_client} bytes of an 8 MiB object"
+    assert relay.bytes_to_client < 256 * 1024, (
+        f"the API read {relay.bytes_to_client} bytes of an 8 MiB object"
+    )
     body = assert_problem(r, 413, "file_too_large")
     assert str(len(big)) in body["detail"] and "1000" in body["detail"]
     assert "Contents" not in s3.list_objects_v2(Bucket=storage_bucket, Prefix=key)  # deleted at once
@@ -248,7 +252,7 @@ def _ready_subject(api: Api):
 
 # --- (c) a worker refuses a stored file whose size is not the upload's, before downloading it ---------
 @pytest.fixture(params=["local", "s3"])
-def worker_storage(request, tmp_path, monkeypatch) -> Iterator[tuple[object, ByteProxy | None]]:
+def worker_storage(request, tmp_path, monkeypatch) -> Iterator[tuple[object, TcpProxy | None]]:
     if request.param == "local":
         yield LocalStorage(tmp_path / "storage", "secret", "http://api.test"), None
         return
@@ -264,14 +268,16 @@ def test_a_worker_refuses_an_upload_whose_stored_size_changed_before_downloading
     upload = Upload(id="u1", tenant_id="t", filename="talk.mp4", content_type="video/mp4", bytes=1000,
                     storage_key=key, status="received")  # fmt: skip
     if relay is not None:
-        relay.reset()
+        relay.reset_counters()
     with pytest.raises(StorageError) as err:  # typed: UploadChangedError, a permanent failure
         fetch_upload(storage, upload, tmp_path / "got" / "upload")
     assert err.value.code == "upload_changed" and not err.value.transient
     assert "4194304" in str(err.value) and "1000" in str(err.value)
     assert not (tmp_path / "got" / "upload").exists()
     if relay is not None:
-        assert relay.to_client < 64 * 1024, f"{relay.to_client} bytes downloaded before the refusal"
+        assert relay.bytes_to_client < 64 * 1024, (
+            f"{relay.bytes_to_client} bytes downloaded before the refusal"
+        )
 
     upload.bytes = 4 * MiB  # the size it was checked with: fetched as before
     assert fetch_upload(storage, upload, tmp_path / "ok").stat().st_size == 4 * MiB

@@ -122,6 +122,31 @@ def test_tasks_lost_by_a_broker_restarted_empty_are_sent_again_and_run_once(plat
     assert_settled(stack, renders)
 
 
+def test_a_worker_without_its_database_takes_no_work_and_loses_none(platform, short_speech):
+    """Before: a worker whose claim failed acked the task, draining the queue in milliseconds while
+    every stage stayed queued for good. Now it holds one task and waits for the database."""
+    stack = platform
+    stack.kill("gpu")
+    renders = [
+        create_render(stack, stack.facts["subject_id"], short_speech, ref=f"nodb{i}") for i in range(3)
+    ]
+    broker = redis.Redis.from_url(stack.redis.url)
+    wait_until(lambda: broker.llen("gpu") == 3, 10, what="three tasks waiting in Redis")
+    stack.db_proxy.cut()
+    try:
+        stack.start("gpu", "worker", "--queues", "gpu", "--name", "gpu@faults")
+        stack.wait_log("gpu", "ready.", timeout=120)
+        time.sleep(8)
+        assert broker.llen("gpu") >= 2, "the worker drained tasks it could not claim"
+        assert "waiting for the database" in stack.output("gpu")
+    finally:
+        stack.db_proxy.restore()
+    for render_id in renders:
+        assert stack.wait_for(f"/v1/renders/{render_id}", timeout=300)["status"] == "succeeded"
+        assert stage(stack, render_id, "render")["attempts"] == 1
+    assert_settled(stack, renders)
+
+
 def test_the_same_task_delivered_twice_at_once_runs_once(platform, short_speech):
     from shared.queue.app import make_celery, send_stage
     from shared.settings import Settings

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from databases import throwaway_postgres
 
 from shared.db.session import make_engine
 from shared.settings import Settings
@@ -23,30 +23,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-        admin = None
-    else:
-        server = os.environ.get("SYNCTALK_TEST_POSTGRES_URL")
-        if not server:
-            if os.environ.get("CI") == "true":
-                pytest.fail("CI must provide SYNCTALK_TEST_POSTGRES_URL (.ci/run sets it)")
-            pytest.skip("SYNCTALK_TEST_POSTGRES_URL not set")
-        name = f"synctalk_test_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = server.rsplit("/", 1)[0] + f"/{name}"
-    cfg = Config(str(REPO / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "head")
-    eng = make_engine(Settings(database_url=url))
-    yield eng
-    eng.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """A migrated database: a SQLite file, or a throw-away database on the test PostgreSQL server."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'jobs.db'}"
+        else:
+            url = stack.enter_context(throwaway_postgres())
+        cfg = Config(str(REPO / "alembic.ini"))
+        cfg.set_main_option("sqlalchemy.url", url)
+        command.upgrade(cfg, "head")
+        eng = make_engine(Settings(database_url=url))
+        yield eng
+        eng.dispose()
 
 
 def free_port() -> int:

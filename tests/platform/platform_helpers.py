@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from moto_server import MotoS3  # noqa: F401 -- the platform tests' storage, re-exported
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,47 +104,6 @@ def wait_for(
             return doc
         time.sleep(1)
     raise TimeoutError(f"{path} still {doc.get('status')} at {doc.get('stage')} after {timeout:.0f} s: {doc}")
-
-
-class MotoS3:
-    """moto's S3 server on loopback: the real stack's object storage in tests (boto3 talks HTTP to it)."""
-
-    ENV = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-
-    def __init__(self, log: Path) -> None:
-        import shutil
-
-        port = free_port()
-        server = Path(sys.executable).with_name("moto_server")
-        if not server.exists():
-            server = Path(shutil.which("moto_server") or "moto_server")
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, **self.ENV},
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start (see {log})") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 def postgres_database(server_url: str):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from moto_server import use_test_credentials
 from storage_helpers import AWS_TEST_ENV, PUBLIC_URL, SECRET, free_port, new_bucket
 
 from shared.storage import LocalStorage, Storage
@@ -54,13 +55,7 @@ def moto_endpoint(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture
 def aws_env(monkeypatch, tmp_path: Path) -> None:
     """Test credentials for boto3, and nothing from the developer's own AWS configuration or proxies."""
-    for name, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    use_test_credentials(monkeypatch, tmp_path)
 
 
 @pytest.fixture
