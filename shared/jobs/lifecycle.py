@@ -61,6 +61,20 @@ def view(session: Session, kind: JobKind | str, row, base_url: str | None = None
     return render_view(row, stages, _public_url() if base_url is None else base_url)
 
 
+def views(session: Session, kind: JobKind | str, rows: list, base_url: str | None = None) -> list[dict]:
+    """``view`` of many rows (a page of a list) with one query for all their stages, not one each."""
+    stages: dict[str, list[Stage]] = {row.id: [] for row in rows}
+    ids = list(stages)
+    for i in range(0, len(ids), 500):
+        chunk = select(Stage).where(Stage.job_id.in_(ids[i : i + 500])).order_by(Stage.job_id, Stage.position)
+        for stage in session.scalars(chunk):
+            stages[stage.job_id].append(stage)
+    if JobKind(kind) is JobKind.subject:
+        return [subject_view(row, stages[row.id]) for row in rows]
+    base = _public_url() if base_url is None else base_url
+    return [render_view(row, stages[row.id], base) for row in rows]
+
+
 def emit(
     session: Session, kind: JobKind | str, row, *, status_changed: bool, stages: list[Stage] | None = None,
     hooks: list[tuple[str, list[str]]] | None = None,

@@ -40,9 +40,10 @@ from api_helpers import (
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select, update
 
+from services.api import event_hub
 from services.api.routers import events as events_router
 from services.dashboard import session
-from shared.db.models import Event, Render, Webhook, WebhookDelivery, utcnow
+from shared.db.models import Event, Render, Subject, Webhook, WebhookDelivery, utcnow
 from shared.jobs import lifecycle, webhooks
 from shared.jobs.views import rfc3339
 from shared.net import addresses
@@ -199,6 +200,7 @@ def test_stream_waits_for_an_earlier_event_that_is_still_committing(tmp_path, mo
             )  # fmt: skip
 
         monkeypatch.setattr(events_router, "GAP_WAIT_S", 10.0)
+        monkeypatch.setattr(event_hub, "GAP_WAIT_S", 10.0)
         try:
             with served(api.app) as base, streams(base) as open_stream:
                 stream = open_stream(api.key)
@@ -218,6 +220,7 @@ def test_stream_waits_for_an_earlier_event_that_is_still_committing(tmp_path, mo
 
                 # a rolled-back id never commits: the stream moves on after GAP_WAIT_S
                 monkeypatch.setattr(events_router, "GAP_WAIT_S", 0.3)
+                monkeypatch.setattr(event_hub, "GAP_WAIT_S", 0.3)
                 slow.add(event("rolled back"))
                 slow.flush()
                 slow.rollback()
@@ -761,3 +764,32 @@ def test_a_dashboard_stream_ends_when_its_session_s_key_is_revoked(tmp_path):
                 stream.close()
     finally:
         api.close()
+
+
+def test_many_open_streams_cost_one_reader_of_the_event_table(api):
+    """Every stream of an API process is served by one poll of the events (services/api/event_hub.py):
+    40 open streams read the table about as often as one does, and each still gets its own events."""
+    platform = api.platform
+    subject = new_subject(platform, api.tenant_id, "Ann")
+    reads = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM events" in statement:
+            reads.append(time.monotonic())
+
+    with served(api.app) as base, streams(base) as open_stream:
+        opened = [open_stream(api.key) for _ in range(20)]
+        filtered = [open_stream(api.key, {"subject_id": subject}) for _ in range(20)]
+        time.sleep(1.0)  # every stream in hub mode
+        sqlalchemy_event.listen(platform.engine, "after_cursor_execute", count)
+        try:
+            time.sleep(3.0)
+        finally:
+            sqlalchemy_event.remove(platform.engine, "after_cursor_execute", count)
+        # one poll each half second (the old way: two reads per stream each half second, 480 here)
+        assert len(reads) <= 10, f"{len(reads)} reads of the event table in 3 s for 40 streams"
+        with platform.sessions() as s:
+            lifecycle.emit(s, "subject", s.get(Subject, subject), status_changed=False)
+            s.commit()
+        for stream in opened + filtered:
+            assert stream.take(1, timeout=5)[0]["data"]["id"] == subject

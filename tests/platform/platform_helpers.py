@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
-from moto_server import MotoS3  # noqa: F401 -- the platform tests' storage, re-exported
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # the suite's shared helpers, for scripts (bench/) that import this
+from moto_server import MotoS3  # noqa: E402,F401 -- the platform tests' storage, re-exported
 
 
 def free_port() -> int:

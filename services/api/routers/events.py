@@ -2,19 +2,16 @@
 
 Each message is ``id: <event id>``, ``event: job``, ``data: <the resource as JSON>``. A client resumes
 with ``Last-Event-ID`` (or ``?last_event_id=``) and gets exactly the events after it; without one the
-stream starts after the newest event at connect time. The event table is polled (short queries in
-the thread pool, a bounded batch each); a comment line keeps idle connections (and proxies) open.
+stream starts after the newest event at connect time; a comment line keeps idle connections (and
+proxies) open.
 
-A stream lives as long as its key: it checks that the key (for the dashboard, the key its session
-was opened with) is still there and not revoked before sending anything it read, and at least every
-``api_key_cache_s`` seconds (``KEY_RECHECK_S`` when that is 0) while nothing happens, in the session
-of its read: no query of its own per poll. Once the key is revoked the stream ends, and nothing that
-happened after the revocation is sent.
-
-Event ids come from a sequence handed out before commit: on Postgres a later id can become visible
-before an earlier one. When a batch spans ids not visible yet (another tenant's event, a transaction
-still open), the stream waits up to ``GAP_WAIT_S`` for them, so it never skips past an event that is
-about to commit. SQLite commits writes one at a time, in id order: no wait there.
+The API process reads the event table once for all its streams (``services/api/event_hub.py``: one
+poll every half second, events kept in memory, filters matched there); a stream resuming from further
+back than the hub remembers reads the database itself, a bounded batch at a time, until it has caught
+up. Either way it never skips an event about to commit (PostgreSQL hands ids out before commit: a gap
+is waited for up to ``GAP_WAIT_S``), and it lives as long as its key: the key (for the dashboard, the
+key its session was opened with) is checked after each read and at least every ``api_key_cache_s``
+seconds; once it is revoked the stream ends, and nothing that happened after the revocation is sent.
 """
 
 from __future__ import annotations
@@ -23,66 +20,32 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
+from services.api import event_hub
 from services.api.deps import CurrentTenant, Platform, PlatformDep, Tenant
+from services.api.event_hub import BATCH, Filters
 from services.api.problems import ApiProblem
-from shared.db.models import ApiKey, Event, Render
+from shared.db.models import ApiKey, Event
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
-POLL_S = 0.5  # how often the table is read while nothing new arrives
+POLL_S = 0.5  # how often a stream catching up from the database reads it
 KEEPALIVE_S = 15.0  # a comment line after this much silence
-BATCH = 200  # events per query; a full batch is followed by the next at once
-GAP_WAIT_S = 2.0  # longest wait for an id below visible ones to commit (Postgres)
+GAP_WAIT_S = 2.0  # longest wait for an id below visible ones to commit (Postgres), catching up
+WAKE_S = 1.0  # a stream looks at least this often (a disconnected client, a keep-alive due)
 RETRY_MS = 2000  # what EventSource waits before reconnecting
 KEY_RECHECK_S = 2.0  # how often an idle stream checks its key when keys are not cached (api_key_cache_s 0)
 
 
-@dataclass(frozen=True)
-class Filters:
-    tenant_id: str
-    subject_id: str | None
-    render_id: str | None
-    batch_id: str | None
-
-    @property
-    def filtered(self) -> bool:
-        return bool(self.subject_id or self.render_id or self.batch_id)
-
-    def query(self, after: int, upto: int) -> Select:
-        """The matching events with ids in ``(after, upto]``, oldest first, a batch at most."""
-        stmt = select(Event.id, Event.data).where(
-            Event.tenant_id == self.tenant_id, Event.id > after, Event.id <= upto
-        )
-        if self.subject_id:  # the subject's own events and its renders'
-            renders = select(Render.id).where(
-                Render.tenant_id == self.tenant_id, Render.subject_id == self.subject_id
-            )
-            stmt = stmt.where(
-                or_(
-                    (Event.resource == "subject") & (Event.resource_id == self.subject_id),
-                    (Event.resource == "render") & Event.resource_id.in_(renders),
-                )
-            )
-        if self.render_id:
-            stmt = stmt.where(Event.resource == "render", Event.resource_id == self.render_id)
-        if self.batch_id:
-            batch = select(Render.id).where(
-                Render.tenant_id == self.tenant_id, Render.batch_id == self.batch_id
-            )
-            stmt = stmt.where(Event.resource == "render", Event.resource_id.in_(batch))
-        return stmt.order_by(Event.id).limit(BATCH)
-
-
-def _newest(platform: Platform, tenant_id: str) -> int:
+def _newest(platform: Platform) -> int:
+    """Where a new stream starts: after the newest event (of any tenant: none of its own comes between)."""
     with platform.sessions() as s:
-        return s.scalar(select(func.max(Event.id)).where(Event.tenant_id == tenant_id)) or 0
+        return s.scalar(select(func.max(Event.id))) or 0
 
 
 def _visible(s, after: int, top: int) -> bool:
@@ -146,12 +109,60 @@ def key_recheck_s(platform: Platform) -> float:
 async def stream(
     request: Request, platform: Platform, tenant: Tenant, filters: Filters, after: int
 ) -> AsyncIterator[str]:
+    hub = event_hub.hub_of(platform)
+    yield f"retry: {RETRY_MS}\n\n"
+    async with hub.subscribed(tenant.id, tenant.key_prefix):
+        caught_up = False
+        catching_up = _catch_up(request, platform, tenant, filters, after)
+        async for item in catching_up:  # from the database, while the hub does not hold what follows
+            if isinstance(item, int):
+                after, caught_up = item, True
+                break
+            yield item
+        if not caught_up:
+            return
+        last_sent = time.monotonic()
+        while not await request.is_disconnected():
+            if not hub.key_live(tenant.id, tenant.key_prefix):
+                yield ": the API key was revoked\n\n"
+                return  # the client's reconnection gets a 401
+            if not hub.ready(after):  # it fell behind the hub's memory (a slow client): read the database
+                async for item in _catch_up(request, platform, tenant, filters, after):
+                    if isinstance(item, int):
+                        after = item
+                        break
+                    yield item
+                else:
+                    return
+                continue
+            rows, top = hub.matching(after, filters)
+            for e in rows:
+                yield message(e.id, e.data)
+            after = max(after, top)
+            now = time.monotonic()
+            if rows:
+                last_sent = now
+            elif now - last_sent >= KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                last_sent = now
+            await hub.wait(WAKE_S)
+
+
+async def _catch_up(
+    request: Request, platform: Platform, tenant: Tenant, filters: Filters, after: int
+) -> AsyncIterator[str | int]:
+    """A stream's own database reads, while the events after ``after`` are not all in the hub's memory:
+    messages, then (as the last item) the id from which the hub holds the rest. Ends without that when
+    the client left or the key was revoked."""
+    hub = event_hub.hub_of(platform)
     check_gaps = platform.engine.dialect.name != "sqlite"
     recheck_s = key_recheck_s(platform)
-    yield f"retry: {RETRY_MS}\n\n"
     last_sent = last_checked = time.monotonic()
     gap_since: float | None = None
     while not await request.is_disconnected():
+        if hub.ready(after):
+            yield after
+            return
         check_key = time.monotonic() - last_checked >= recheck_s
         rows, complete, skip_to, live = await run_in_threadpool(
             _read_checked, platform, tenant, filters, after, check_gaps, check_key
@@ -159,7 +170,7 @@ async def stream(
         now = time.monotonic()
         if not live:
             yield ": the API key was revoked\n\n"
-            return  # the client's reconnection gets a 401
+            return
         if rows or check_key:
             last_checked = now
         if rows and not complete:
@@ -174,10 +185,16 @@ async def stream(
             if len(rows) == BATCH:
                 continue  # more are waiting
         else:
+            if skip_to == after and hub.floor is not None:
+                # nothing of the tenant's is visible beyond ``after``: what comes next, the hub holds
+                # (it starts a thousand ids back, so ids still committing below its start are its too)
+                skip_to = max(after, hub.floor)
             after = max(after, skip_to)
             if now - last_sent >= KEEPALIVE_S:
                 yield ": keep-alive\n\n"
                 last_sent = now
+            if hub.ready(after):
+                continue
         await asyncio.sleep(POLL_S)
 
 
@@ -211,7 +228,10 @@ async def events(
                 422, "invalid_request", f"Last-Event-ID must be an event id from this stream, not {resume!r}."
             ) from exc
     else:
-        after = await run_in_threadpool(_newest, platform, tenant.id)
+        after = await run_in_threadpool(_newest, platform)
+    for value in (subject_id, render_id, batch_id):
+        if value is not None and ("\x00" in value or len(value) > 64):
+            raise ApiProblem(422, "invalid_request", "subject_id, render_id and batch_id must be ids.")
     filters = Filters(tenant.id, subject_id, render_id, batch_id)
     return StreamingResponse(
         stream(request, platform, tenant, filters, after),

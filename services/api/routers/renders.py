@@ -100,7 +100,7 @@ def list_renders(
         if value:
             stmt = stmt.where(column == value)
     rows, nxt = next_cursor(list(session.scalars(page(stmt, Render, limit, cursor))), limit)
-    items = [lifecycle.view(session, JobKind.render, r, platform.base_url) for r in rows]
+    items = lifecycle.views(session, JobKind.render, rows, platform.base_url)
     return {"items": items, "next_cursor": nxt}
 
 

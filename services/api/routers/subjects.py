@@ -118,7 +118,7 @@ def list_subjects(
     if status:
         stmt = stmt.where(Subject.status == status)
     rows, nxt = next_cursor(list(session.scalars(page(stmt, Subject, limit, cursor))), limit)
-    return {"items": [lifecycle.view(session, JobKind.subject, r) for r in rows], "next_cursor": nxt}
+    return {"items": lifecycle.views(session, JobKind.subject, rows), "next_cursor": nxt}
 
 
 @router.post("/{subject_id}/cancel", status_code=202, summary="Cancel a subject's training")
