@@ -58,18 +58,32 @@ def subject_ingest(ctx, run: StageRun) -> dict:
     return {"source_key": key}
 
 
+def _detached(ctx, model, row_id: str, what: str):
+    """A row read outside the stage's own writes (detached), retried through a database outage like the
+    runner's writes: an outage at a stage's start must not cost its attempt."""
+    from shared.db.session import session_scope
+    from shared.storage import NotFoundError
+    from shared.storage.retrying import retry_transient
+    from shared.transient import is_transient
+
+    def read():
+        with session_scope(ctx.engine) as s:
+            row = s.get(model, row_id)
+            if row is None:
+                raise NotFoundError(f"The {what} {row_id} is gone.")
+            s.expunge(row)
+            return row
+
+    return retry_transient(
+        read, ctx.settings.transient_retry_s, f"database read of the {what}", is_transient=is_transient
+    )
+
+
 def _upload(ctx, upload_id: str):
     """The upload row (detached): where its file is stored."""
     from shared.db.models import Upload
-    from shared.db.session import session_scope
-    from shared.storage import NotFoundError
 
-    with session_scope(ctx.engine) as s:
-        upload = s.get(Upload, upload_id)
-        if upload is None:
-            raise NotFoundError(f"The upload {upload_id} is gone.")
-        s.expunge(upload)
-        return upload
+    return _detached(ctx, Upload, upload_id, "upload")
 
 
 def _source(ctx, subject) -> Path:
@@ -223,12 +237,9 @@ def render_render(ctx, run: StageRun) -> dict:
     from gpu_worker.render.options import RenderOptions
     from gpu_worker.render.stage import Renderer
     from shared.db.models import Subject
-    from shared.db.session import session_scope
 
     render = run.job
-    with session_scope(ctx.engine) as s:
-        subject = s.get(Subject, render.subject_id)
-        s.expunge(subject)
+    subject = _detached(ctx, Subject, render.subject_id, "subject")
 
     def build() -> Renderer:
         dataset = _dataset(ctx, subject)
