@@ -164,6 +164,14 @@ class Settings(BaseSettings):
     """Bearer token that shows the platform-wide job metrics on ``/metrics`` (Prometheus). Without it
     ``/metrics`` shows request and queue figures only; a tenant's API key shows its own jobs."""
 
+    scheduler_metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Port on which ``synctalk scheduler`` serves Prometheus metrics of the whole deployment (queue depth
+    and oldest waiting stage per queue, stuck stages, workers, jobs finished) and ``/healthz``. 0: none."""
+
+    prometheus_multiproc_dir: Path | None = None
+    """Folder where the API's processes share their Prometheus counters (``synctalk api --workers N``
+    makes a fresh one under ``data_dir`` when this is empty), so ``/metrics`` counts every process."""
+
     api_db_sessions: int = Field(default=30, ge=1)
     """Requests of one API process that hold a database session at once (the rest wait their turn); keep
     it below the connection pool (40 on PostgreSQL) so their queries never wait for a connection."""

@@ -52,6 +52,11 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "socket_connect_timeout": 3,
         }
+        # A worker reserves no task while its processes are busy (prefetch 1 alone still takes one more
+        # per process), so each queue's list holds exactly the tasks no worker took yet: what KEDA's
+        # redis scaler reads to size the worker Deployments (deploy/helm). Priorities stay unused: Celery
+        # keeps each priority level in a list of its own, which the scaler would not see.
+        app.conf.worker_disable_prefetch = True
     return app
 
 
