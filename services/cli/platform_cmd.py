@@ -121,11 +121,17 @@ def keys_revoke(prefix: str) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-    help="API processes (one per core on the real stack; each keeps its own rate-limit counts).",
+    help="API processes (one per core on the real stack; they share rate-limit counts through Redis and "
+    "their request metrics through a folder).",
 )  # fmt: skip
 def api(host: str, port: int, workers: int) -> None:
     """Serve the HTTP API (and the dashboard)."""
     import uvicorn
+
+    from services.api.metrics_dir import shared_metrics_dir
+    from shared.settings import get_settings
+
+    shared_metrics_dir(get_settings(), workers)  # before the processes start: they inherit it
 
     # uvicorn picks uvloop and httptools (requirements.lock): a small GET costs a third less CPU than
     # on asyncio's loop and the pure-Python h11 parser

@@ -95,6 +95,8 @@ class Scheduler:
     _leader_until: float = 0.0  # monotonic time until which this process may act
     _db_since: float | None = None  # monotonic time since the database has answered without a break
     _last_housekeeping: float = float("-inf")
+    last_pass: float = 0.0  # Unix time the main loop last finished a pass (its /healthz and metrics)
+    metrics_server: object | None = None
 
     def __post_init__(self) -> None:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -116,10 +118,12 @@ class Scheduler:
         ]  # fmt: skip
         for t in threads:
             t.start()
+        self.metrics_server = self.serve_metrics(self.settings.scheduler_metrics_port)
         log.info("scheduler %s started", self.owner)
         try:
             while not self.stop.is_set():
                 self.tick()
+                self.last_pass = time.time()
                 self.stop.wait(self.every)
         finally:
             self.stop.set()
@@ -128,6 +132,8 @@ class Scheduler:
             if self.leading:
                 with contextlib.suppress(Exception):  # it expires on its own
                     release(self.sessions, self.owner)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             log.info("scheduler %s stopped", self.owner)
 
     def _loop(self, fn: Callable[[], object], every: float) -> None:
@@ -185,6 +191,28 @@ class Scheduler:
             log.warning("scheduler: requeued %d stage(s) whose worker stopped responding", len(nxt))
             dispatch.send(self.celery, self.sessions, nxt)
         return len(nxt)
+
+    def serve_metrics(self, port: int):
+        """The deployment's figures and ``/healthz`` on ``port`` (shared/jobs/metrics.py); None when
+        ``port`` is 0 or taken (the scheduler works on without them, and says so)."""
+        if not port:
+            return None
+        from shared.jobs.metrics import DeploymentCollector, MetricsServer, healthy_within
+        from shared.queue.app import queue_depths
+
+        collector = DeploymentCollector(
+            self.sessions, lambda: queue_depths(self.celery), self.settings.job_stale_after_s,
+            lambda: (self.leading, self.last_pass),
+        )  # fmt: skip
+        try:
+            server = MetricsServer(collector, healthy_within(lambda: self.last_pass, self.every), port)
+        except OSError as exc:
+            log.warning(
+                "scheduler: no metrics on port %d (%s); set SYNCTALK_SCHEDULER_METRICS_PORT", port, exc
+            )
+            return None
+        log.info("scheduler: metrics on http://0.0.0.0:%d/metrics", server.port)
+        return server.start()
 
     # --- beside it --------------------------------------------------------------------------------------
     def deliver_webhooks(self) -> int:

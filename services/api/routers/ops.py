@@ -8,6 +8,11 @@ kind, so a hung storage cannot make the database look down. Request metrics live
 app (tests build many apps in one process), counted by the ``RateLimit`` middleware (``observe``);
 queue depths and job figures are read from the broker and the database at each scrape.
 
+Behind ``synctalk api --workers N`` each process counts its own requests into a folder they share
+(``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's multi-process mode, set up by
+services/api/metrics_dir.py before the processes start): a scrape answered by any one of them shows
+the requests of all.
+
 ``/metrics`` shows what its caller may see: without credentials, request metrics and queue depths
 only; with ``Authorization: Bearer <metrics_token>``, also every tenant's jobs by status and the
 stage durations; with a tenant's API key, also that tenant's own jobs by status.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +39,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from services.api.deps import Platform, PlatformDep, _find_key
+from services.api.metrics_dir import MULTIPROC_ENV
 from services.api.problems import ApiProblem
 from shared.db.api_keys import hash_key
 from shared.db.models import Render, Stage, Subject
@@ -116,6 +123,19 @@ class Metrics:
 
 
 _metrics_lock = threading.Lock()
+
+
+def request_metrics(app) -> bytes:
+    """This app's request metrics, or every API process's when they share a folder."""
+    folder = os.environ.get(MULTIPROC_ENV)  # set by services/api/metrics_dir.py before the import
+    if folder:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)
+        metrics_of(app)  # this process's series exist (at 0) even before its first request
+        return generate_latest(registry)
+    return generate_latest(metrics_of(app).registry)
 
 
 def metrics_of(app) -> Metrics:
@@ -274,5 +294,5 @@ def metrics(request: Request) -> Response:
     platform: Platform = request.app.state.platform
     state = CollectorRegistry()
     state.register(_StateCollector(platform, _audience(request, platform)))
-    body = generate_latest(metrics_of(request.app).registry) + generate_latest(state)
+    body = request_metrics(request.app) + generate_latest(state)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
