@@ -61,6 +61,16 @@ def test_compose_config_is_valid_and_complete():
     devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert services["worker-gpu"]["build"]["args"]["VARIANT"] == "cuda"
+    # the images the Helm chart runs (deploy/Dockerfile's targets; tests/deploy/test_images.py reads it)
+    for name in ("migrate", "api", "scheduler"):
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert services[name]["build"]["target"] == "api"
+        assert services[name]["image"].startswith("synctalk-api:")
+    assert services["worker-cpu"]["build"]["target"] == "worker"
+    assert services["worker-cpu"]["build"]["args"]["VARIANT"] == "cpu"
+    assert services["worker-gpu"]["build"]["target"] == "worker"
+    assert services["worker-gpu"]["image"].startswith("synctalk-worker-gpu:")
+    assert services["worker-gpu"]["stop_grace_period"] in ("5m", "5m0s", 300)  # a checkpoint is written first
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
