@@ -186,6 +186,21 @@ class Settings(BaseSettings):
     upload_expiry_s: int = 3600
     """How long a presigned upload URL (and an upload never used) stays valid."""
 
+    # --- observability: traces and logs (docs/OBSERVABILITY.md) ---
+    otlp_endpoint: str = ""
+    """OTLP/HTTP collector that receives the traces, as a base URL (``http://otel-collector:4318``;
+    ``/v1/traces`` is added). Empty: the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` when set, else tracing
+    stays off (a no-op)."""
+
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of new traces recorded (API requests without a sampled ``traceparent``); a stage follows
+    the decision of the request that queued it, so a job's trace is whole or absent."""
+
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line (ts, level, logger, message, exc, and the tenant, job, stage,
+    kind, trace and span ids of the context) from the API (uvicorn's access log too), workers and the
+    scheduler."""
+
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
         if self.environment == "production" and self.secret_key == _DEFAULT_SECRET:

@@ -15,12 +15,22 @@ import sys
 import threading
 
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from gpu_worker.tasks import shutdown
 from gpu_worker.tasks.context import worker_context
 from gpu_worker.tasks.handlers import HANDLERS, check_handlers
 from gpu_worker.tasks.runner import HandBack, housekeep, run_stage
+from gpu_worker.tasks.spans import record_outcome, stage_span
+from shared import telemetry
 from shared.queue.app import TASK_RUN_STAGE, make_celery
 from shared.settings import get_settings
 
@@ -32,18 +42,37 @@ app = make_celery(get_settings())
 
 @app.task(name=TASK_RUN_STAGE, bind=True)
 def run_stage_task(self, kind: str, job_id: str, stage: str) -> str:
+    telemetry.setup(get_settings(), "synctalk-worker")  # done at the fork (below); here for other pools
     ctx = worker_context(app)
-    try:
-        outcome = run_stage(ctx, kind, job_id, stage, self.request.id, HANDLERS)
-    except HandBack:  # asked to stop before the stage could be claimed: the message goes back
-        raise Reject("the worker is shutting down", requeue=True) from None
-    housekeep(ctx)
+    with stage_span(self.request, kind, job_id, stage) as span:
+        try:
+            outcome = run_stage(ctx, kind, job_id, stage, self.request.id, HANDLERS)
+        except HandBack:  # asked to stop before the stage could be claimed: the message goes back
+            outcome = "handed back before its claim"
+        record_outcome(span, outcome)
+        log.info("%s %s: %s stage: %s", kind, job_id, stage, outcome)  # with the stage's ids and trace
+    if outcome == "handed back before its claim":
+        raise Reject("the worker is shutting down", requeue=True)
+    housekeep(ctx)  # outside the stage's span: not the job's work
     return outcome
 
 
 @worker_process_init.connect
 def _child_started(**_kwargs) -> None:
     shutdown.install()  # the main process forwards SIGTERM to us as shutdown.SIGNAL
+    # tracing starts in each pool process, after the fork: its exporter thread lives where it is used
+    telemetry.setup(get_settings(), "synctalk-worker")
+
+
+@worker_process_shutdown.connect
+def _child_stopping(**_kwargs) -> None:
+    telemetry.flush()  # a pool process may leave without running atexit hooks: export what is buffered
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(**_kwargs) -> None:
+    telemetry.configure_logging(get_settings())  # JSON lines when log_format is json
 
 
 @worker_shutting_down.connect

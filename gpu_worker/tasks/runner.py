@@ -19,15 +19,18 @@ What can go wrong, and what happens (docs/PLATFORM.md "Guarantees"):
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpu_worker.tasks import shutdown
+from shared import telemetry
 from shared.db.session import session_scope
 from shared.errors import SyncTalkError
 from shared.jobs import dispatch, lifecycle
@@ -89,7 +92,10 @@ class _Reporter:
         self._last_write = time.monotonic()
         self._started = time.monotonic()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="stage-heartbeat")
+        # the heartbeat thread logs with the stage's ids (a copy of this context)
+        run_in_context = contextvars.copy_context().run
+        self._thread = threading.Thread(target=run_in_context, args=(self._beat,), daemon=True,
+                                        name="stage-heartbeat")  # fmt: skip
 
     def __enter__(self) -> _Reporter:
         self._thread.start()
@@ -100,7 +106,8 @@ class _Reporter:
         self._thread.join(timeout=5)
 
     def _write(self, fraction: float, message: str) -> None:
-        with self._lock, session_scope(self.ctx.engine) as s:
+        # up to one write a second for hours: not a span each (telemetry.untraced)
+        with self._lock, telemetry.untraced(), session_scope(self.ctx.engine) as s:
             stage = lifecycle.owned_stage(s, self.stage_id, self.lease, lock=True)
             elapsed = time.monotonic() - self._started
             eta = elapsed * (1 - fraction) / fraction if 0.01 < fraction < 1 else None
@@ -115,7 +122,7 @@ class _Reporter:
             if time.monotonic() - self._last_write < every * 0.9:
                 continue  # a progress write was a heartbeat too
             try:
-                with self._lock, session_scope(self.ctx.engine) as s:
+                with self._lock, telemetry.untraced(), session_scope(self.ctx.engine) as s:
                     if not lifecycle.heartbeat(s, self.stage_id, self.lease):
                         self.lost.set()
                     self._last_write = time.monotonic()
@@ -173,6 +180,7 @@ def _claim(ctx, kind: str, job_id: str, stage_name: str, task_id: str):
         )  # fmt: skip
         if stage is None:
             return None
+        trace.get_current_span().set_attribute("synctalk.attempt", stage.attempts)
         job = lifecycle.job_row(s, kind, job_id)
         s.flush()
         s.expunge(job)  # a snapshot the handler may read without a session
@@ -199,6 +207,7 @@ def run_stage(ctx, kind: str, job_id: str, stage_name: str, task_id: str, handle
     if claimed is None:
         return "nothing to do"
     stage_id, lease, job = claimed
+    telemetry.bind_tenant(job.tenant_id)  # the stage's span and log lines name the tenant
     handler = handlers[(kind, stage_name)]
     try:
         with (
@@ -276,6 +285,9 @@ def _failed(ctx, kind: str, job_id: str, stage_name: str, stage_id: int, lease: 
     else:
         log.exception("%s %s: the %s stage crashed", kind, job_id, stage_name, exc_info=exc)
         code, message = "internal_error", f"the {stage_name} stage failed unexpectedly ({type(exc).__name__})"
+    span = trace.get_current_span()  # the stage's (gpu_worker/tasks/spans.py)
+    span.record_exception(exc)
+    span.set_attribute("synctalk.error_code", code)
     _outcome(ctx, "fail", lambda s: lifecycle.fail(
         s, kind, job_id, code, message, stage_id=stage_id, lease=lease))  # fmt: skip
     return f"failed: {code}"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from services.api import problems
 from services.api.deps import Platform
 from services.api.keycache import VerifiedKeys
+from shared import telemetry
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = """Dub video with digital doubles. Upload a few minutes of a person talking (a *subject*);
@@ -56,6 +57,9 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     from services.dashboard import install as install_dashboard
 
     settings = settings or get_settings()
+    # this process's traces and log format (uvicorn configured its loggers before calling this factory)
+    telemetry.setup(settings, "synctalk-api")
+    telemetry.configure_logging(settings)
     app = FastAPI(title="SyncTalk platform", version="1", description=DESCRIPTION)
     app.state.platform = platform or make_platform(settings)
     problems.install(app)
@@ -63,9 +67,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         app.include_router(module.router)
     install_dashboard(app)  # the web dashboard's pages and its cookie-signed v1 routes (docs/DASHBOARD.md)
     from services.api.ratelimit import RateLimit, limiter_from_settings
+    from services.api.tracing import TraceRequests
 
     # every request is counted against its client address here, then against its tenant once the
     # tenant dependency has authenticated it (ratelimit.charge_tenant); app.state.limiter for tests
     app.state.limiter = limiter_from_settings(settings)
     app.add_middleware(RateLimit, limiter=app.state.limiter, observe=ops.observe)
+    # added last, so outermost: the request's span covers the rate limits too (a 429 is traced)
+    app.add_middleware(TraceRequests)
     return app

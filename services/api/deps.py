@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.api.keycache import VerifiedKeys
 from services.api.problems import ApiProblem
 from services.api.ratelimit import charge_tenant
+from shared import telemetry
 from shared.db.api_keys import PREFIX_LEN, hash_key, verify_key
 from shared.db.models import ApiKey
 from shared.settings import Settings
@@ -145,6 +146,7 @@ async def get_tenant(
         tenant_id, prefix = row
         platform.verified_keys.put(digest, tenant_id, prefix)
     request.state.tenant_id = tenant_id  # for the access log
+    telemetry.bind_tenant(tenant_id)  # the request's span and its log lines name the tenant
     await charge_tenant(request, tenant_id)  # the tenant's budget, whichever of its keys sent this
     return Tenant(id=tenant_id, key_prefix=prefix)
 

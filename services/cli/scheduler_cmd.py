@@ -16,11 +16,15 @@ import click
 @click.command("scheduler")
 def scheduler() -> None:
     """Reap lost stages, re-send lost tasks, deliver webhooks, delete files and prune (one per deployment)."""
+    from shared import telemetry
     from shared.jobs.scheduler import build
     from shared.settings import get_settings
 
+    settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sched = build(get_settings())
+    telemetry.configure_logging(settings)  # JSON lines when SYNCTALK_LOG_FORMAT=json
+    telemetry.setup(settings, "synctalk-scheduler")  # its sends' spans, when an OTLP endpoint is set
+    sched = build(settings)
 
     def _stop(_signum, _frame) -> None:  # SIGTERM/SIGINT: finish the pass, give the lease up, exit
         sched.stop.set()

@@ -19,6 +19,7 @@ from services.api.deps import Platform, PlatformDep, Tenant, get_tenant
 from services.api.problems import ApiProblem
 from services.api.ratelimit import charge_tenant
 from services.dashboard import session as sessions
+from shared import telemetry
 
 PREFIX = "/dashboard/api"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -46,6 +47,7 @@ async def cookie_tenant(request: Request, platform: PlatformDep) -> Tenant:
             403, "csrf_failed", "This request did not come from a dashboard page; reload the page and retry."
         )
     request.state.tenant_id = found.tenant_id
+    telemetry.bind_tenant(found.tenant_id)  # the request's span and its log lines name the tenant
     await charge_tenant(request, found.tenant_id)
     return Tenant(id=found.tenant_id, key_prefix=found.key_prefix)
 

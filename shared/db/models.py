@@ -220,6 +220,9 @@ class Stage(Base):
     # yet, or to be sent again). The scheduler sends what is due and unsent, and again what was lost.
     ready_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
+    # the W3C traceparent of the request that created the job (or of the stage that made this one due):
+    # every send of this stage, the scheduler's too, continues that trace (shared/telemetry/propagation.py)
+    trace_context: Mapped[str | None] = mapped_column(String(128), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(When, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(When, nullable=True)

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, Select, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
+from shared.telemetry.db import instrument_engine
 
 # 40 connections, as many as the API's thread pool has threads and more than the requests that may hold
 # a session at once (``api_db_sessions``, 30): with 15 (the default) a burst of requests deadlocked the
@@ -31,9 +32,10 @@ def make_engine(settings: Settings) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, **POOL)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, **POOL)
+    instrument_engine(engine)  # statements as spans, only inside a traced request or stage
+    return engine
 
 
 @contextmanager

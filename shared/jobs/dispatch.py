@@ -65,7 +65,7 @@ def send(celery, sessions: Callable[[], Session], nxt: list[Next]) -> bool:
     if not nxt:
         return True
     try:
-        send_stages(celery, ((n.kind, n.job_id, n.stage) for n in nxt))
+        send_stages(celery, ((n.kind, n.job_id, n.stage, n.trace_context) for n in nxt))
     except Exception as exc:  # noqa: BLE001 -- the broker may be down: the outbox keeps the work
         log.warning("could not send %d task(s) (%s); the scheduler will send them", len(nxt), exc)
         return False
@@ -86,8 +86,10 @@ class DispatchReport:
 
 
 def _send_rows(celery, session: Session, rows: list, now: datetime) -> int:
-    nxt = [Next(_kind(subject_id), job_id, name) for _id, job_id, name, subject_id in rows]
-    send_stages(celery, ((n.kind, n.job_id, n.stage) for n in nxt))
+    """Send the stages of ``rows`` (id, job id, name, subject id, trace context): each message carries
+    the trace stored on its row, so a stage sent by the scheduler still joins its job's trace."""
+    nxt = [Next(_kind(subject_id), job_id, name, traced) for _id, job_id, name, subject_id, traced in rows]
+    send_stages(celery, ((n.kind, n.job_id, n.stage, n.trace_context) for n in nxt))
     mark_sent(session, nxt, now)
     session.commit()
     return len(nxt)
@@ -95,7 +97,7 @@ def _send_rows(celery, session: Session, rows: list, now: datetime) -> int:
 
 def _unsent(session: Session, now: datetime) -> list:
     return session.execute(
-        select(Stage.id, Stage.job_id, Stage.name, Stage.subject_id)
+        select(Stage.id, Stage.job_id, Stage.name, Stage.subject_id, Stage.trace_context)
         .where(
             Stage.status == JobState.queued.value,
             Stage.ready_at <= now - timedelta(seconds=SEND_GRACE_S),
@@ -110,7 +112,7 @@ def _lost(session: Session, queue: str, depth: int, now: datetime, resend_after_
     """Queued stages of ``queue`` whose message is gone from the broker (see the module docstring)."""
     old = now - timedelta(seconds=resend_after_s)
     waiting = (
-        select(Stage.id, Stage.job_id, Stage.name, Stage.subject_id, Stage.sent_at)
+        select(Stage.id, Stage.job_id, Stage.name, Stage.subject_id, Stage.trace_context, Stage.sent_at)
         .where(
             Stage.queue == queue,
             Stage.status == JobState.queued.value,
@@ -136,7 +138,7 @@ def _lost(session: Session, queue: str, depth: int, now: datetime, resend_after_
             return []  # its messages may all still wait in the queue
         cutoff = _aware(taken) - timedelta(seconds=resend_after_s)
         rows = [r for r in rows if _aware(r.sent_at) < cutoff]
-    return [(r.id, r.job_id, r.name, r.subject_id) for r in rows]
+    return [(r.id, r.job_id, r.name, r.subject_id, r.trace_context) for r in rows]
 
 
 def dispatch(celery, sessions: Callable[[], Session], *, resend_after_s: float, now: datetime | None = None,

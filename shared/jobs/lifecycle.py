@@ -27,6 +27,7 @@ from shared.db.states import JobKind, JobState, can_transition
 from shared.jobs import webhooks
 from shared.jobs.views import render_view, subject_view
 from shared.queue.stages import job_progress, next_stage, stages_of
+from shared.telemetry import current_traceparent
 
 MODELS: dict[JobKind, type[Subject] | type[Render]] = {JobKind.subject: Subject, JobKind.render: Render}
 
@@ -38,6 +39,9 @@ class Next:
     kind: str
     job_id: str
     stage: str
+    # the W3C traceparent stored on the stage row: what its task carries when no span of the same job is
+    # current (the scheduler's sends; a subject's worker making its waiting renders due)
+    trace_context: str | None = None
 
 
 def _aware(t: datetime | None) -> datetime | None:
@@ -126,6 +130,7 @@ def add_stages(session: Session, kind: JobKind | str, row, *, ready: bool) -> li
     due at once when ``ready`` (a render waits for its subject otherwise)."""
     kind = JobKind(kind)
     now = utcnow()
+    trace_context = current_traceparent()  # the request creating the job: every stage continues its trace
     stages = [
         Stage(
             tenant_id=row.tenant_id,
@@ -139,6 +144,7 @@ def add_stages(session: Session, kind: JobKind | str, row, *, ready: bool) -> li
             subject_id=row.id if kind is JobKind.subject else None,
             render_id=row.id if kind is JobKind.render else None,
             ready_at=now if ready and i == 0 else None,
+            trace_context=trace_context,
         )  # fmt: skip
         for i, spec in enumerate(stages_of(kind))
     ]
@@ -338,32 +344,42 @@ def finish_stage(
         row.progress = job_progress(kind, stage.name, 1.0)
         row.updated_at = now
         emit(session, kind, row, status_changed=False)
-        _make_due(session, job_id, following.name, now)
-        return [Next(kind.value, job_id, following.name)]
+        traced = _make_due(session, job_id, following.name, now)
+        return [Next(kind.value, job_id, following.name, traced or stage.trace_context)]
     row.progress, row.message = 1.0, None
     _set_status(row, JobState.succeeded)
     emit(session, kind, row, status_changed=True)
     if kind is not JobKind.subject:
         return []
-    waiting = session.scalars(
-        select(Render.id).where(Render.subject_id == job_id, Render.status == JobState.queued)
-    ).all()
     first = stages_of(JobKind.render)[0].name
+    waiting_stages = session.execute(  # with each render's trace (the request that created it)
+        select(Render.id, Stage.trace_context)
+        .join(Stage, (Stage.render_id == Render.id) & (Stage.name == first))
+        .where(Render.subject_id == job_id, Render.status == JobState.queued)
+    ).all()
+    waiting = [render_id for render_id, _ in waiting_stages]
     for chunk in (waiting[i : i + 500] for i in range(0, len(waiting), 500)):
         session.execute(
             update(Stage)
             .where(Stage.job_id.in_(chunk), Stage.name == first, Stage.status == JobState.queued.value)
             .values(ready_at=now, sent_at=None)
         )
-    return [Next(JobKind.render.value, render_id, first) for render_id in waiting]
+    return [Next(JobKind.render.value, render_id, first, traced) for render_id, traced in waiting_stages]
 
 
-def _make_due(session: Session, job_id: str, stage_name: str, now: datetime) -> None:
+def _make_due(session: Session, job_id: str, stage_name: str, now: datetime) -> str | None:
+    """The job's next stage becomes due; it stores the current span's trace context (the stage that
+    finished) so that a later send of it by the scheduler joins the trace there. Returns that context."""
+    traced = current_traceparent()
+    values: dict = {"ready_at": now, "sent_at": None}
+    if traced is not None:
+        values["trace_context"] = traced
     session.execute(
         update(Stage)
         .where(Stage.job_id == job_id, Stage.name == stage_name, Stage.status == JobState.queued.value)
-        .values(ready_at=now, sent_at=None)
+        .values(**values)
     )
+    return traced
 
 
 def hand_back(
@@ -388,7 +404,7 @@ def hand_back(
     row.message = stage.message
     row.updated_at = utcnow()
     emit(session, kind, row, status_changed=False)
-    return Next(kind.value, job_id, stage.name)
+    return Next(kind.value, job_id, stage.name, stage.trace_context)
 
 
 def _requeue(stage: Stage, why: str, delay_s: float = 0.0) -> None:
@@ -485,5 +501,5 @@ def reap(session: Session, *, stale_after_s: float, max_attempts: int) -> list[N
             fail(session, kind, stage.job_id, code, message)
             continue
         _requeue(stage, "its worker stopped responding: queued again")
-        nxt.append(Next(kind.value, stage.job_id, stage.name))
+        nxt.append(Next(kind.value, stage.job_id, stage.name, stage.trace_context))
     return nxt

@@ -7,9 +7,13 @@ longest stage, and the stages themselves make a redelivery harmless (they never 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 from celery import Celery
 from kombu import Queue
+from opentelemetry.trace import SpanKind
 
+from shared import telemetry
 from shared.queue.stages import QUEUES, VISIBILITY_TIMEOUT_S, stage_spec
 from shared.settings import Settings
 
@@ -88,29 +92,51 @@ def _missing_queue(exc: Exception) -> bool:
     return isinstance(exc, ChannelError) or "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower()
 
 
-def send_stage(app: Celery, kind: str, job_id: str, stage: str, *, producer=None) -> str:
+def send_stage(
+    app: Celery, kind: str, job_id: str, stage: str, *, producer=None, trace_context: str | None = None
+) -> str:
     """Queue one stage of a job on its queue with its time limits; returns the task id. Call it only
     after the transaction that created or advanced the job has committed. ``producer``: one from
-    ``send_stages`` (many sends over one broker connection)."""
+    ``send_stages`` (many sends over one broker connection). The message's headers carry the W3C trace
+    context (``traceparent``): the current span's, or ``trace_context`` (the one stored on the stage
+    row) when no span of this job is current (shared/telemetry/propagation.py)."""
     spec = stage_spec(kind, stage)
-    result = app.send_task(
-        TASK_RUN_STAGE,
-        args=[kind, job_id, stage],
-        queue=spec.queue,
-        routing_key=spec.queue,
-        time_limit=spec.time_limit_s,
-        soft_time_limit=max(60, spec.time_limit_s - 60),
-        producer=producer,
-    )
+    attributes = {"synctalk.job_id": job_id, "synctalk.kind": kind, "synctalk.stage": stage,
+                  "messaging.system": "celery", "messaging.destination": spec.queue}  # fmt: skip
+    with telemetry.sending(job_id, trace_context, f"send {kind}.{stage}", attributes) as headers:
+        result = app.send_task(
+            TASK_RUN_STAGE,
+            args=[kind, job_id, stage],
+            queue=spec.queue,
+            routing_key=spec.queue,
+            time_limit=spec.time_limit_s,
+            soft_time_limit=max(60, spec.time_limit_s - 60),
+            producer=producer,
+            headers=headers,
+        )
     return result.id
 
 
 def send_stages(app: Celery, stages) -> list[str]:
-    """``send_stage`` for each (kind, job_id, stage), all through one producer and, on Redis, pipelined
-    (kombu's publish batch: one round trip per few hundred tasks instead of a Redis client per task);
-    brokers without batches publish one by one."""
+    """``send_stage`` for each (kind, job_id, stage[, trace_context]), all through one producer and, on
+    Redis, pipelined (kombu's publish batch: one round trip per few hundred tasks instead of a Redis
+    client per task); brokers without batches publish one by one. Inside a traced request or stage the
+    batch is a PRODUCER span ``send stages``, the parent of the stages' spans in the workers."""
     stages = list(stages)
     if not stages:
         return []
-    with app.producer_or_acquire() as producer, producer.batch(max_size=500):
-        return [send_stage(app, kind, job_id, stage, producer=producer) for kind, job_id, stage in stages]
+    with _send_span(len(stages)), app.producer_or_acquire() as producer, producer.batch(max_size=500):
+        return [
+            send_stage(app, kind, job_id, stage, producer=producer, trace_context=rest[0] if rest else None)
+            for kind, job_id, stage, *rest in stages
+        ]
+
+
+def _send_span(count: int) -> AbstractContextManager:
+    if not telemetry.recording():
+        return nullcontext()
+    return telemetry.tracer().start_as_current_span(
+        "send stages",
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "celery", "messaging.batch.message_count": count},
+    )

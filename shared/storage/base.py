@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.errors import SyncTalkError
+from shared.telemetry.storage import trace_operations
 
 MAX_KEY_LENGTH = 512
 # One path component on disk may be at most 255 bytes (NAME_MAX); temporary names add ~41 characters.
@@ -177,6 +178,12 @@ class Storage(ABC):
     """One interface, two backends (:class:`~shared.storage.local.LocalStorage`,
     :class:`~shared.storage.s3.S3Storage`). See docs/STORAGE.md."""
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # each operation a backend (or a wrapper) implements runs in a span while a request or a stage
+        # is traced (shared/telemetry/storage.py); nothing is traced otherwise
+        trace_operations(cls)
+
     # --- writes (all atomic: a temporary name first, then the final key) ---
     @abstractmethod
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
@@ -319,6 +326,9 @@ class Storage(ABC):
         folder.mkdir(parents=True, exist_ok=True)
         _write_local_marker(local_marker, raw)
         return TransferReport(transferred=transferred, skipped=skipped, bytes=total)
+
+
+trace_operations(Storage)  # the operations written here once for every backend (folders, put_bytes, ...)
 
 
 def _local_files(folder: Path) -> dict[str, Path]:

@@ -21,6 +21,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from opentelemetry import trace
+
 from shared.storage.base import SignedRequest, Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,16 @@ def retry_transient(
             failures += 1
             if failures == 1 or failures % 10 == 0:
                 log.warning("%s failed (%s); retrying for up to %.0f s", what, exc, budget_s)
+            _retry_event(what, exc, wait)
             sleep(wait)
+
+
+def _retry_event(what: str, exc: Exception, wait_s: float) -> None:
+    """Each retry as an event of the current span (the storage operation's, or the stage's)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event("retry", {"synctalk.retry.what": what, "synctalk.retry.error": type(exc).__name__,
+                                 "synctalk.retry.wait_s": round(wait_s, 3)})  # fmt: skip
 
 
 def storage_transient(exc: BaseException) -> bool:
