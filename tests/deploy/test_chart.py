@@ -399,6 +399,9 @@ def test_configmap_settings(default_render, production_render, helm: Helm):
     assert prod["SYNCTALK_TRUSTED_PROXIES"] == values["trustedProxies"]
     assert prod["SYNCTALK_DIRECT_UPLOAD_MAX_BYTES"] == str(values["directUploadMaxBytes"])
     assert values["extraEnv"].items() <= prod.items()
+    assert cm["SYNCTALK_LOG_FORMAT"] == "json" and "SYNCTALK_OTLP_ENDPOINT" not in cm  # no traces by default
+    assert prod["SYNCTALK_OTLP_ENDPOINT"] == values["otlpEndpoint"]
+    assert prod["SYNCTALK_TRACE_SAMPLE_RATIO"] == "0.2"
     r = render(
         helm, "--set", "config.s3EndpointUrl=https://s3.example,ingress.enabled=true,ingress.hosts[0]=dub.example",
         "--set", "ingress.tls[0].secretName=t,ingress.tls[0].hosts[0]=dub.example",

@@ -11,7 +11,6 @@ import urllib.request
 import uuid
 from datetime import timedelta
 
-from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
@@ -22,6 +21,14 @@ from shared.jobs.lifecycle import Next
 from shared.jobs.scheduler import Scheduler
 from shared.queue.app import make_celery
 from shared.settings import Settings
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:

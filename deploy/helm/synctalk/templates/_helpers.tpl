@@ -130,6 +130,11 @@ SYNCTALK_S3_PUBLIC_ENDPOINT_URL: {{ . | quote }}
 SYNCTALK_PUBLIC_URL: {{ include "synctalk.publicUrl" . | quote }}
 SYNCTALK_TRUSTED_PROXIES: {{ .Values.config.trustedProxies | quote }}
 SYNCTALK_DIRECT_UPLOAD_MAX_BYTES: {{ .Values.config.directUploadMaxBytes | int64 | quote }}
+SYNCTALK_LOG_FORMAT: {{ .Values.config.logFormat | quote }}
+SYNCTALK_TRACE_SAMPLE_RATIO: {{ .Values.config.traceSampleRatio | toString | quote }}
+{{- with .Values.config.otlpEndpoint }}
+SYNCTALK_OTLP_ENDPOINT: {{ . | quote }}
+{{- end }}
 {{- range $name, $value := .Values.config.extraEnv }}
 {{ $name }}: {{ toString $value | quote }}
 {{- end }}
