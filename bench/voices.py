@@ -1,6 +1,7 @@
 """Lip sync of one trained model under other voices and recording levels (what dubbing sends).
 
     python bench/voices.py demo-output/model [--out demo-output/voices] [--seed 1] [--seconds 10] [--size 256]
+        [--voices auto,espeak-ng:de,...] [--clips DIR] [--no-levels]
 
 Makes clips of the sample subject saying the same text (``--seed``) in several voices (the default
 voice and espeak-ng's en-us, en-us+f3 and en-gb+m4, where espeak-ng is installed), plus copies of the
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 VOICES = ("auto", "espeak-ng:en-us", "espeak-ng:en-us+f3", "espeak-ng:en-gb+m4")
+# other languages' voices (issue 23), reading the same English text with their own phonetics
+MORE_VOICES = ("espeak-ng:de", "espeak-ng:es+f3", "espeak-ng:fr")
 LEVELS = (("-18 dB", -18.0, 0, 1), ("-18 dB, 44.1 kHz stereo", -18.0, 44100, 2), ("+3 dB", 3.0, 0, 1))
 
 
@@ -54,6 +57,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="Chooses the text (the same for every voice).")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--size", type=int, default=256, help="Frame size of the clips (the demo's).")
+    ap.add_argument(
+        "--voices", default=",".join(VOICES), help=f"Comma-separated; more: {','.join(MORE_VOICES)}."
+    )
+    ap.add_argument(
+        "--clips", type=Path, default=None, help="Where the clips are made (or found). Default: --out."
+    )
+    ap.add_argument("--no-levels", action="store_true", help="Skip the level copies of the first clip.")
     args = ap.parse_args()
 
     from gpu_worker.model.evaluate import evaluate_model
@@ -64,10 +74,11 @@ def main() -> None:
     settings = get_settings()
     out = (args.out or args.model.parent / "voices").absolute()
     out.mkdir(parents=True, exist_ok=True)
+    clips = (args.clips or out).absolute()
 
     cases: list[tuple[str, Path, Path]] = []  # (what, speech, truth video)
-    for voice in VOICES:
-        clip = out / voice.replace(":", "_").replace("+", "_")
+    for voice in args.voices.split(","):
+        clip = clips / voice.replace(":", "_").replace("+", "_")
         if not (clip / "truth.json").exists():
             try:
                 make_sample(
@@ -77,7 +88,7 @@ def main() -> None:
                 print(f"skipped {voice}: {err}")
                 continue
         cases.append((voice, clip / "speech.wav", clip / "subject.mp4"))
-        if voice == "auto":
+        if voice == "auto" and not args.no_levels:
             cases += [
                 (f"auto, {name}", path, clip / "subject.mp4")
                 for name, path in _level_copies(clip / "speech.wav", out)

@@ -1,7 +1,7 @@
 """Audio conditioning: per-frame feature -> small MLP -> attention over neighbouring frames -> enc_a.
 
 The front end depends on the dataset's audio encoder: mel windows [80, 16] pass a small 1D conv over
-time, AVE codes [512] go straight in, HuBERT pairs [2, 1024] are flattened.
+time, AVE codes [512] go straight in, HuBERT pairs [2, 1024] and Whisper pairs [2, 512] are flattened.
 """
 
 from __future__ import annotations

@@ -37,15 +37,18 @@ def run_preprocess(
     settings: Settings,
     *,
     resolution: int = 512,
-    audio_encoder: str = "mel",
+    audio_encoder: str | None = None,
     ave_checkpoint: Path | None = None,
     progress: Progress | None = None,
 ) -> Path:
     """Turn a subject video into a dataset folder at ``out_dir`` (returned). Raises SyncTalkError
-    subclasses for bad input; reruns skip the steps whose inputs and settings did not change."""
+    subclasses for bad input; reruns skip the steps whose inputs and settings did not change.
+    ``audio_encoder`` None: the encoder of the dataset already at ``out_dir`` (a subject made with
+    ``mel`` stays ``mel``, so its trained model keeps fitting), else ``audio.DEFAULT_ENCODER``."""
     from gpu_worker.preprocess.steps import StepRunner
 
     video, out_dir = Path(video).absolute(), Path(out_dir).absolute()
+    audio_encoder = audio_encoder or _published_encoder(out_dir) or audio_mod.DEFAULT_ENCODER
     if audio_encoder not in audio_mod.ENCODERS:
         raise AudioEncoderError(
             f"unknown audio encoder {audio_encoder!r}; choose one of {', '.join(audio_mod.ENCODERS)}"
@@ -55,6 +58,8 @@ def run_preprocess(
         from gpu_worker.preprocess.hubert import check_hubert_dir, hubert_dir
 
         check_hubert_dir(hubert_dir(settings))
+    if audio_encoder == "whisper":
+        _check_whisper(settings)
     if audio_encoder == "ave" and ave_checkpoint is not None and not Path(ave_checkpoint).is_file():
         raise AudioEncoderError(f"AVE checkpoint not found: {ave_checkpoint}")
     if resolution < 64 or resolution > 2048 or resolution % 2:
@@ -129,6 +134,33 @@ def run_preprocess(
     _publish(staging, out_dir)
     notify("done", 1.0, f"dataset written to {out_dir}")
     return out_dir
+
+
+def _published_encoder(out_dir: Path) -> str | None:
+    """The audio encoder of the dataset published at ``out_dir``, or None."""
+    try:
+        encoder = json.loads((out_dir / "manifest.json").read_text()).get("audio_encoder")
+    except (OSError, ValueError):
+        return None
+    return encoder if encoder in audio_mod.ENCODERS else None
+
+
+def _check_whisper(settings: Settings) -> None:
+    """AudioEncoderError unless the Whisper model files are there (``synctalk models fetch``)."""
+    from shared.model_files.manager import whisper_model_dir
+
+    try:
+        folder = whisper_model_dir(settings)
+    except SyncTalkError as exc:
+        raise AudioEncoderError(
+            f"the whisper audio encoder needs its model files ({exc}); run `synctalk models fetch` "
+            "or use --audio-encoder mel"
+        ) from exc
+    if not (folder / "model.bin").is_file():
+        raise AudioEncoderError(
+            f"the whisper audio encoder needs {folder / 'model.bin'}: run `synctalk models fetch` "
+            "or use --audio-encoder mel"
+        )
 
 
 def _link_or_copy(src: str, dst: str) -> None:

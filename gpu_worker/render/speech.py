@@ -229,6 +229,8 @@ def speech_features(
     try:
         if encoder == "hubert":
             _hubert(track, read, n, settings, hubert_dir, tmp, progress)
+        elif encoder == "whisper":
+            _whisper(read, n, settings, tmp, progress)
         else:
             _mel_or_ave(track.n_samples, read, n, tower, ave_checkpoint, tmp, progress)
         os.replace(tmp, out_path)
@@ -258,6 +260,26 @@ def _mel_or_ave(n_samples, read, n, tower, checkpoint, tmp: Path, progress: Prog
         out[i0:i1] = win if tower is None else A.ave_features(win, tower, checkpoint)
         if progress:
             progress("features", i1 / n, f"audio features: frame {i1} of {n}")
+    out.close()
+
+
+def _whisper(read, n: int, settings: Settings, tmp: Path, progress: Progress | None) -> None:
+    """Whisper features [N, 2, d] into ``tmp``, one 30 s encoder window at a time (whisper_features.py:
+    the same windows as the whole-track computation, so the numbers equal it)."""
+    from gpu_worker.preprocess import whisper_features as W
+    from gpu_worker.speech.whisper import load
+
+    def report(done: int) -> None:
+        if progress:
+            progress("features", done / max(1, 2 * n), f"audio features: frame {done // 2} of {n}")
+
+    out = W.whisper_states_from(
+        load(settings),
+        read,
+        W.FRAMES_PER_VIDEO_FRAME * n,
+        make_out=lambda d: NpyWriter(tmp, (n, W.FRAMES_PER_VIDEO_FRAME, d)),
+        progress=report,
+    )  # fmt: skip  (written as 2n rows of states)
     out.close()
 
 

@@ -16,10 +16,11 @@ import click
 @click.option("--resolution", default=512, show_default=True, help="Side of the square crop, in pixels.")
 @click.option(
     "--audio-encoder",
-    type=click.Choice(["mel", "ave", "hubert"]),
-    default="mel",
-    show_default=True,
-    help="Per-frame audio features: mel windows (no weights), an AVE checkpoint, or HuBERT weights.",
+    type=click.Choice(["whisper", "mel", "ave", "hubert"]),
+    default=None,
+    help="Per-frame audio features: Whisper's encoder (speaker-independent; the model files), mel "
+    "windows (no weights), an AVE checkpoint, or HuBERT weights. Default: mel for a new dataset, "
+    "the existing dataset's encoder when OUT already holds one.",
 )
 @click.option(
     "--ave-checkpoint",
@@ -28,7 +29,7 @@ import click
     help="AVE audio tower checkpoint (for --audio-encoder ave; without it, mel is used with a warning).",
 )
 def preprocess(
-    video: Path, out_dir: Path, resolution: int, audio_encoder: str, ave_checkpoint: Path | None
+    video: Path, out_dir: Path, resolution: int, audio_encoder: str | None, ave_checkpoint: Path | None
 ) -> None:
     """Normalize, crop, analyse the face, parse, stabilize the head pose and extract audio features.
 

@@ -201,8 +201,9 @@ def test_encoder_change_on_a_published_dataset_redoes_only_audio(tiny_sample, tm
     # Back to mel: again only the audio step runs.
     events.clear()
     run_preprocess(
-        tiny_sample / "subject.mp4", out, settings, resolution=96, progress=lambda *e: events.append(e)
-    )
+        tiny_sample / "subject.mp4", out, settings, resolution=96, audio_encoder="mel",
+        progress=lambda *e: events.append(e),
+    )  # fmt: skip
     assert [e[0] for e in events if e[2].endswith("started")] == ["audio"]
     assert np.load(out / "audio_features.npy").shape == (n, 80, 16)
 
