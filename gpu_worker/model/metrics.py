@@ -24,6 +24,19 @@ def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
 
+def psnr_masked(pred: np.ndarray, gt: np.ndarray, weight: np.ndarray) -> float | None:
+    """PSNR over a region only: the squared error weighted by ``weight`` [H, W, 1] (0..1, e.g. a soft face
+    mask), averaged over the weighted pixels, so pixels outside the region count for nothing. Images in
+    0..1; None where the region is empty."""
+    w = np.asarray(weight, np.float64)
+    total = float(w.sum()) * np.asarray(pred).shape[-1]
+    if total < 1e-9:
+        return None
+    err = (np.asarray(pred, np.float64) - np.asarray(gt, np.float64)) ** 2
+    mse = float((w * err).sum()) / total
+    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+
+
 def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
     from skimage.metrics import structural_similarity
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from shared.errors import SyncTalkError
 
 MODES = ("fullframe", "portrait", "crop")
+CAPTIONS = ("on", "off", "burn")
 
 
 class RenderError(SyncTalkError):
@@ -39,6 +40,11 @@ class RenderOptions:
     """x264 preset: speed against file size at the same quality (encoding must not dominate on a CPU)."""
     qc: bool = True
     """Run the quality checks (face landmarks on every frame) and write OUT.qc.json."""
+    captions: str = "on"
+    """``on``: OUT.vtt and OUT.srt beside the video; ``burn``: those, and the captions drawn into the
+    video; ``off``: no caption files (the QC still transcribes the speech for its word checks)."""
+    language: str | None = None
+    """The speech's language (a Whisper code); None: detected."""
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -49,6 +55,14 @@ class RenderOptions:
             raise RenderError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 <= self.crf <= 51:
             raise RenderError(f"crf must be between 0 and 51, got {self.crf}")
+        if self.captions not in CAPTIONS:
+            raise RenderError(f"captions must be one of {', '.join(CAPTIONS)}, got {self.captions!r}")
+        from shared.languages import check_language
+
+        try:
+            self.language = check_language(self.language)
+        except ValueError as exc:
+            raise RenderError(str(exc)) from None
 
 
 @dataclass
@@ -66,9 +80,14 @@ class RenderResult:
     duration_s: float
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part: features, head, compose, ...
+    captions_vtt: Path | None = None  # OUT.vtt and OUT.srt beside the video (None: captions off)
+    captions_srt: Path | None = None
+    language: str | None = None  # the captions' language: the one asked for, or detected
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["video"] = str(self.video)
         d["qc_path"] = str(self.qc_path) if self.qc_path else None
+        for name in ("captions_vtt", "captions_srt"):
+            d[name] = str(d[name]) if d[name] else None
         return d

@@ -8,6 +8,7 @@ the CLI call; ``Renderer`` keeps a subject loaded so many tracks render from one
      code is interpolated at the frame's time, the head is marched for the whole batch at once
   -> the mode's compositing (crop, portrait blend, paste-back into the source frame)
   -> a streaming H.264 encoder; the audio muxed at the end, cut to the frames' duration
+  -> the speech transcribed (Whisper, word timings): captions OUT.vtt and OUT.srt, burnt in on request
   -> quality checks on the output frames, OUT.qc.json beside the video.
 
 Nothing is published half-made: the video appears at ``out`` only when complete, the QC file with it,
@@ -111,7 +112,7 @@ class _TrackRender:
         self.s = subject
         self.opt = options
         self.progress = progress or (lambda step, fraction, message: None)
-        self.timings = dict.fromkeys(("audio", "head", "source", "compose", "encode", "qc"), 0.0)
+        self.timings = dict.fromkeys(("audio", "head", "source", "compose", "encode", "qc", "captions"), 0.0)
 
     # ---- set-up ------------------------------------------------------------------------------------
     def run(self, audio: Path, out: Path, work: Path) -> RenderResult:
@@ -132,16 +133,40 @@ class _TrackRender:
                 float(fps), self.s.settings, towers=towers, face_size=min(self.s.dataset_res, 256)
             )
         report: dict = {}
+        burn = self.opt.captions == "burn"
+        encoded = work / "plain.mp4" if burn else out  # burnt captions: the plain video stays in work
         with FrameWriter(
-            out, fps=fps, size=size, audio=track.source, crf=self.opt.crf, preset=self.opt.preset,
+            encoded, fps=fps, size=size, audio=track.source, crf=self.opt.crf, preset=self.opt.preset,
             settings=self.s.settings,
         ) as writer, qc or contextlib.nullcontext():  # fmt: skip
             self._frames(timeline, feats, n_out, source, writer, qc)
+            captions = None
+            if self.opt.captions != "off":
+                captions = self._captions(track)
+            elif qc is not None:  # for the QC's word checks only: without Whisper they are skipped
+                try:
+                    captions = self._captions(track)
+                except Exception as exc:  # noqa: BLE001 -- no captions asked for: the render goes on
+                    qc.notes.append(f"speech not transcribed ({exc}): the word checks were skipped")
             if qc is not None:
-                report = self._report(qc, track, feats, n_out, work, warnings)
+                report = self._report(qc, track, feats, n_out, work, warnings, captions)
                 (work / "qc.json").write_text(json.dumps(report, indent=2))
             t = time.perf_counter()
         self.timings["encode"] += time.perf_counter() - t  # the encoder's flush and the audio mux
+        vtt = srt = None
+        if captions is not None and self.opt.captions != "off":
+            from gpu_worker.speech.captions import burn_in, caption_paths, write_files
+
+            write_files(captions, work / "captions.vtt", work / "captions.srt")
+            if burn:
+                t = time.perf_counter()
+                burn_in(encoded, work / "captions.vtt", work / "burnt.mp4", self.s.settings,
+                        crf=self.opt.crf, preset=self.opt.preset)  # fmt: skip
+                os.replace(work / "burnt.mp4", out)
+                self.timings["captions"] += time.perf_counter() - t
+            vtt, srt = caption_paths(out)
+            os.replace(work / "captions.vtt", vtt)  # published right after the video
+            os.replace(work / "captions.srt", srt)
         qc_path = None
         if qc is not None:  # published right after the video (which FrameWriter renamed into place)
             qc_path = qc_path_for(out)
@@ -150,7 +175,21 @@ class _TrackRender:
             video=out, qc_path=qc_path, qc=report, mode=self.opt.mode, frames=n_out, fps=str(fps),
             width=size[0], height=size[1], duration_s=float(n_out / fps),
             seconds=time.perf_counter() - started, timings={k: round(v, 3) for k, v in self.timings.items()},
+            captions_vtt=vtt, captions_srt=srt, language=captions.language if captions else None,
         )  # fmt: skip
+
+    def _captions(self, track):
+        """The track's words and cues (Whisper, the worker's one model); none for a silent track."""
+        from gpu_worker.render.qc import THRESHOLDS
+        from gpu_worker.speech.captions import Captions, transcribe
+
+        t = time.perf_counter()
+        if track.speech_level_db < THRESHOLDS["silent_speech_db"]:  # Whisper invents words in silence
+            captions = Captions(language=self.opt.language, language_probability=None)
+        else:
+            captions = transcribe(track.wav_path, self.s.settings, self.opt.language)
+        self.timings["captions"] += time.perf_counter() - t
+        return captions
 
     def _layout(self, source) -> tuple[Fraction, Timeline, tuple[int, int]]:
         """The output's frame rate, the driving walk and the output's (width, height) for the mode."""
@@ -272,7 +311,9 @@ class _TrackRender:
         self.timings["qc"] += time.perf_counter() - t
 
     # ---- QC ---------------------------------------------------------------------------------------
-    def _report(self, qc: QualityChecks, track, feats, n_out: int, work: Path, warnings: list[str]) -> dict:
+    def _report(
+        self, qc: QualityChecks, track, feats, n_out: int, work: Path, warnings: list[str], captions=None
+    ) -> dict:
         t = time.perf_counter()
         s, spec = self.s, self.s.loaded.spec
         mel = None
@@ -291,7 +332,10 @@ class _TrackRender:
         envelope = np.concatenate(
             [track.envelope(self.fps, a, min(a + step, n_out)) for a in range(0, n_out, step)]
         )  # [n_out]
-        report = qc.report(track, envelope, mel)
+        words = None if captions is None else [(w.start, w.end, w.text) for w in captions.words]
+        report = qc.report(track, envelope, mel, words=words)
+        if captions is not None:
+            report["captions"] = captions.summary()
         report.update(
             mode=self.opt.mode,
             torso="model" if s.loaded.has_torso else "dataset",

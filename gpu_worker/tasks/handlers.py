@@ -254,16 +254,28 @@ def render_render(ctx, run: StageRun) -> dict:
     else:
         audio = ctx.storage.get_file(render.audio_key, work / "speech")
     out = work / "video.mp4"
-    options = RenderOptions(mode=render.mode, start_frame=render.start_frame)
+    options = RenderOptions(
+        mode=render.mode,
+        start_frame=render.start_frame,
+        captions=render.captions or "on",
+        language=render.language,
+    )
+    captions: dict = {}
     try:
         result = renderer.render(audio, out, options, run.progress)
         video_key = keys.video_key(render.tenant_id, render.id)
         run.check()
         ctx.storage.put_file(video_key, out, content_type="video/mp4")
         ctx.storage.put_bytes(keys.qc_key(render.tenant_id, render.id), json.dumps(result.qc).encode())
+        if result.captions_vtt is not None:  # the SRT first: a stored VTT key means both are there
+            srt_key = keys.captions_key(render.tenant_id, render.id, "srt")
+            ctx.storage.put_file(srt_key, result.captions_srt, content_type="application/x-subrip")
+            vtt_key = keys.captions_key(render.tenant_id, render.id, "vtt")
+            ctx.storage.put_file(vtt_key, result.captions_vtt, content_type="text/vtt")
+            captions = {"captions_key": vtt_key, "captions_language": result.language}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"video_key": video_key, "qc": result.qc, "duration_s": result.duration_s}
+    return {"video_key": video_key, "qc": result.qc, "duration_s": result.duration_s, **captions}
 
 
 HANDLERS = {

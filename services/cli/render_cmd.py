@@ -23,11 +23,35 @@ START = click.option(
     "--start-frame", type=int, default=0, show_default=True, help="Subject frame (25 fps) the walk starts at."
 )
 NO_QC = click.option("--no-qc", is_flag=True, help="Skip the quality checks (no OUT.qc.json).")
+NO_CAPTIONS = click.option(
+    "--no-captions", is_flag=True, help="Write no captions (by default OUT.vtt and OUT.srt beside OUT.mp4)."
+)
+BURN_CAPTIONS = click.option(
+    "--burn-captions", is_flag=True, help="Also draw the captions into the video (re-encodes it once more)."
+)
+LANGUAGE = click.option(
+    "--language",
+    default=None,
+    metavar="CODE",
+    help="The speech's language as a Whisper code (en, de, fr, ja, ...); default: detected.",
+)
+
+
+def _captions_mode(no_captions: bool, burn_captions: bool) -> str:
+    if no_captions and burn_captions:
+        raise click.UsageError("--no-captions and --burn-captions contradict each other")
+    return "off" if no_captions else "burn" if burn_captions else "on"
 
 
 def _summary(result) -> str:
     qc = result.qc
-    flags = ", ".join(qc.get("flags", [])) or "none"
+    flags = (
+        ", ".join(
+            f"{f} ({', '.join(qc['sync_failures'])})" if f == "low_sync" and qc.get("sync_failures") else f
+            for f in qc.get("flags", [])
+        )
+        or "none"
+    )
     corr = qc.get("mouth_envelope_corr_best")
     face = qc.get("face_share")
     parts = [
@@ -39,6 +63,13 @@ def _summary(result) -> str:
     ]
     if result.qc_path:
         parts.append(f"  QC report: {result.qc_path}")
+    if result.captions_vtt:
+        captions = qc.get("captions") or {}
+        p = captions.get("language_probability")
+        lang = f" ({result.language}" + (f", detected with p {p:.2f}" if p is not None else "") + ")"
+        parts.append(
+            f"  captions: {result.captions_vtt}, {result.captions_srt.name}{lang if result.language else ''}"
+        )
     return "\n".join(parts)
 
 
@@ -74,6 +105,9 @@ def _summary(result) -> str:
 )
 @click.option("--device", default=None, help="cpu or cuda (default: cuda where available).")
 @NO_QC
+@NO_CAPTIONS
+@BURN_CAPTIONS
+@LANGUAGE
 def render(
     model_dir: Path,
     audios: tuple[Path, ...],
@@ -84,6 +118,9 @@ def render(
     dataset: Path | None,
     device: str | None,
     no_qc: bool,
+    no_captions: bool,
+    burn_captions: bool,
+    language: str | None,
 ) -> None:
     """Render speech tracks onto the trained subject in MODEL_DIR (the model is loaded once)."""
     from gpu_worker.render.options import RenderError, RenderOptions
@@ -96,7 +133,10 @@ def render(
             raise RenderError("two speech tracks have the same file name: their videos would collide")
     else:
         targets = [out]
-    options = RenderOptions(mode=mode, start_frame=start_frame, qc=not no_qc)
+    options = RenderOptions(
+        mode=mode, start_frame=start_frame, qc=not no_qc, captions=_captions_mode(no_captions, burn_captions),
+        language=language,
+    )  # fmt: skip
     options.check()
     renderer = Renderer(model_dir, get_settings(), source=source, dataset=dataset, device=device)
     for audio, target in zip(audios, targets, strict=True):
@@ -128,6 +168,9 @@ def render(
 @START
 @click.option("--device", default=None, help="cpu or cuda (default: cuda where available).")
 @NO_QC
+@NO_CAPTIONS
+@BURN_CAPTIONS
+@LANGUAGE
 def dub(
     video: Path,
     audio: Path,
@@ -138,6 +181,9 @@ def dub(
     start_frame: int,
     device: str | None,
     no_qc: bool,
+    no_captions: bool,
+    burn_captions: bool,
+    language: str | None,
 ) -> None:
     """Learn the person in VIDEO and make them say AUDIO: preprocess, train, render, in one command.
 
@@ -149,7 +195,8 @@ def dub(
     with ProgressBar() as bar:
         result = run(
             video, audio, out, get_settings(), profile=profile, work=work, device=device, progress=bar,
-            options=RenderOptions(mode=mode, start_frame=start_frame, qc=not no_qc),
+            options=RenderOptions(mode=mode, start_frame=start_frame, qc=not no_qc,
+                                  captions=_captions_mode(no_captions, burn_captions), language=language),
         )  # fmt: skip
     click.echo(f"dataset: {result.dataset}\nmodel:   {result.model}")
     click.echo(_summary(result.render))

@@ -91,11 +91,11 @@ class Routes:
     def create_render(
         self, subject_id: str, *, upload_id: str | None = None, audio: str | Path | None = None,
         mode: str | None = None, start_frame: int | None = None, ref: str | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, language: str | None = None, captions: str | None = None,
     ) -> Render:  # fmt: skip
         if (upload_id is None) == (audio is None):
             raise ValueError("give exactly one of upload_id or audio")
-        fields = _params(mode=mode, start_frame=start_frame, ref=ref)
+        fields = _params(mode=mode, start_frame=start_frame, ref=ref, language=language, captions=captions)
         path = f"/v1/subjects/{subject_id}/renders"
         if audio is not None:
             data = {k: str(v) for k, v in fields.items()}

@@ -174,6 +174,12 @@ class Render(JobColumns, Base):
     video_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     qc: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # captions (0006): what was asked (a Whisper language code or None: detect; on | off | burn), then
+    # what the render made (the WebVTT file's key, the SRT beside it; the captions' language)
+    language: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    captions: Mapped[str] = mapped_column(String(8), default="on", server_default="on")
+    captions_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    captions_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
 
 class Stage(Base):

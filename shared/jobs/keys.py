@@ -42,3 +42,13 @@ def video_key(tenant_id: str, render_id: str) -> str:
 
 def qc_key(tenant_id: str, render_id: str) -> str:
     return f"{render_prefix(tenant_id, render_id)}/qc.json"
+
+
+CAPTION_FORMATS = ("vtt", "srt")
+
+
+def captions_key(tenant_id: str, render_id: str, fmt: str = "vtt") -> str:
+    """A render's captions: ``captions.vtt`` (WebVTT) and ``captions.srt`` (SubRip) beside its video."""
+    if fmt not in CAPTION_FORMATS:
+        raise ValueError(f"captions come as {' or '.join(CAPTION_FORMATS)}, not {fmt!r}")
+    return f"{render_prefix(tenant_id, render_id)}/captions.{fmt}"

@@ -75,4 +75,10 @@ def render_view(render: Render, stages: list[Stage], base_url: str = "") -> dict
         "duration_s": render.duration_s,
         "qc": render.qc,
         "video_url": f"{base_url.rstrip('/')}/v1/renders/{render.id}/video" if done else None,
+        # captions (additive): what was asked, the captions' language (asked, or detected once made)
+        "captions": render.captions or "on",
+        "language": render.captions_language or render.language,
+        "captions_url": f"{base_url.rstrip('/')}/v1/renders/{render.id}/captions"
+        if done and render.captions_key
+        else None,
     }

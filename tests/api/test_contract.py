@@ -504,6 +504,64 @@ def test_a_renders_video_is_409_until_it_succeeded_then_a_redirect_to_the_file(a
     )
 
 
+# --- a render's captions ------------------------------------------------------------------------------
+def test_captions_are_asked_for_at_creation_and_served_once_the_render_succeeded(api, media):
+    client = api.client()
+    subject_id = ready_subject(api)
+    url = f"/v1/subjects/{subject_id}/renders"
+    r = client.post(
+        url, json={"upload_id": presigned(api, media["speech"]), "language": "DE", "captions": "burn"}
+    )
+    assert r.status_code == 202, r.text
+    doc = r.json()
+    assert doc["language"] == "de" and doc["captions"] == "burn" and doc["captions_url"] is None
+    with api.platform.sessions() as s:
+        row = s.get(Render, doc["id"])
+        assert (row.language, row.captions, row.captions_key) == ("de", "burn", None)
+    # form fields too; the defaults: captions on, the language detected
+    r = client.post(url, files={"audio": ("speech.m4a", media["speech"], "audio/mp4")}, data={"ref": "ep 1"})
+    assert r.status_code == 202 and r.json()["captions"] == "on" and r.json()["language"] is None
+    render_id = r.json()["id"]
+    for bad in ({"language": "klingon"}, {"language": "en-US"}, {"captions": "yes"}):
+        body = {"upload_id": presigned(api, media["speech"]), **bad}
+        assert_problem(client.post(url, json=body), 422, "invalid_request")
+    before = count(api, Render)
+    item = {"upload_id": presigned(api, media["speech"]), "captions": "sideways"}
+    body = assert_problem(
+        client.post("/v1/batches", json={"subject_id": subject_id, "items": [item]}), 422, "invalid_request"
+    )
+    assert body["detail"].startswith("items[0]: captions") and count(api, Render) == before
+
+    captions = f"/v1/renders/{render_id}/captions"
+    assert_problem(client.get(captions), 409, "not_ready")  # like /video
+    assert_problem(client.get(captions + "?format=ass"), 422, "invalid_request")
+    vtt = "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhallo &amp; tsch\u00fcss\n"
+    srt = "1\n00:00:00,000 --> 00:00:01,000\nhallo &amp; tsch\u00fcss\n"
+    for fmt, text in (("vtt", vtt), ("srt", srt)):
+        api.platform.storage.put_stream(
+            keys.captions_key(api.tenant_id, render_id, fmt), io.BytesIO(text.encode())
+        )
+    video = keys.video_key(api.tenant_id, render_id)
+    with api.platform.sessions() as s:
+        values = dict(status="succeeded", video_key=video, captions_language="de")
+        s.execute(update(Render).where(Render.id == render_id).values(**values))
+        s.commit()
+    assert_problem(client.get(captions), 404, "not_found")  # succeeded without captions (made "off")
+    with api.platform.sessions() as s:
+        key = keys.captions_key(api.tenant_id, render_id, "vtt")
+        s.execute(update(Render).where(Render.id == render_id).values(captions_key=key))
+        s.commit()
+    doc = client.get(f"/v1/renders/{render_id}").json()
+    assert doc["captions_url"].endswith(captions) and doc["language"] == "de"
+    got = client.get(captions)
+    assert got.status_code == 200 and got.text == vtt and got.headers["content-type"].startswith("text/vtt")
+    got = client.get(captions + "?format=srt")
+    assert got.status_code == 200 and got.text == srt
+    assert got.headers["content-type"].startswith("application/x-subrip")
+    assert 'filename="ep_1.srt"' in got.headers["content-disposition"]
+    assert_problem(client.get("/v1/renders/nothing-here/captions"), 404, "not_found")
+
+
 # --- the OpenAPI document ----------------------------------------------------------------------------------
 # every route API.md names (path parameters renamed, the contract calls them all {id})
 API_MD_ROUTES = {

@@ -88,7 +88,10 @@ def world(tmp_path: Path, monkeypatch) -> Iterator[World]:
     done = new_render(p, api.tenant_id, subject)
     video = keys.video_key(api.tenant_id, done)
     p.storage.put_stream(video, io.BytesIO(b"an mp4"))
-    _set(api, Render, done, status="succeeded", progress=1.0, video_key=video)
+    captions = keys.captions_key(api.tenant_id, done, "vtt")
+    for fmt in ("vtt", "srt"):
+        p.storage.put_stream(keys.captions_key(api.tenant_id, done, fmt), io.BytesIO(b"WEBVTT\n"))
+    _set(api, Render, done, status="succeeded", progress=1.0, video_key=video, captions_key=captions)
     source = keys.source_key(api.tenant_id, subject)
     p.storage.put_stream(source, io.BytesIO(b"the source video"))
     batch = new_batch(p, api.tenant_id, subject)
@@ -338,6 +341,10 @@ CHECKS: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/v1/renders/{render_id}/video"): like_missing(
         lambda c, i, w: c.get(f"/v1/renders/{i['done_render']}/video", follow_redirects=False)
     ),
+    ("GET", "/v1/renders/{render_id}/captions"): like_missing(
+        lambda c, i, w: c.get(f"/v1/renders/{i['done_render']}/captions"),
+        lambda c, i, w: c.get(f"/v1/renders/{i['done_render']}/captions?format=srt"),
+    ),
     ("GET", "/v1/renders"): check_render_list,
     ("GET", "/v1/batches/{batch_id}"): like_missing(lambda c, i, w: c.get(f"/v1/batches/{i['batch']}")),
     ("POST", "/v1/batches"): like_missing(_batch_of_a_subject, _batch_of_a_upload),
@@ -382,6 +389,7 @@ def assert_a_untouched(world: World) -> None:
     assert a.get(f"/v1/batches/{world.a['batch']}").json()["total"] == 1
     assert a.get(f"/v1/webhooks/{world.a['webhook']}").status_code == 200
     assert a.get(f"/v1/renders/{world.a['done_render']}/video", follow_redirects=False).status_code == 307
+    assert a.get(f"/v1/renders/{world.a['done_render']}/captions").status_code == 200
     for key in world.a_files:
         assert world.platform.storage.exists(key), key
 

@@ -56,3 +56,25 @@ def test_without_frames_the_frames_keys_are_none():
     res = rec.result()
     assert res["psnr"] is not None
     assert res["psnr_frames"] is None and res["ssim_frames"] is None and res["psnr_portrait_frames"] is None
+
+
+def test_face_psnr_scores_the_face_region_alone():
+    render, gt, frame, mask = _scene(2)
+    render = render.copy()
+    render[8:24, 10:22] += 0.05  # an error inside the face only
+    render[0:4] = 0.0  # and a wrong background, outside the face
+    rec = Reconstruction(with_frames=True)
+    rec.add(render, gt, mask, frame)
+    res = rec.result()
+    # the face's own error, whatever the background: 0.05 everywhere in the mask -> 26.0 dB
+    assert np.isclose(res["psnr_face"], 10 * np.log10(1 / 0.05**2))
+    # the face pixels of the real frame are the person's (gt) there: the same figure against frames/
+    assert np.isclose(res["psnr_face_frames"], res["psnr_face"])
+    # the whole-frame and portrait figures tell other stories: the portrait's is flattered by the real
+    # pixels around the face (+7.3 dB: the face is 3 / 16 of the picture), the whole frame's dragged
+    # down by the background
+    assert res["psnr_portrait_frames"] > res["psnr_face_frames"] + 6 and res["psnr"] < res["psnr_face"]
+    # an empty mask has no face region: nothing is averaged in
+    rec = Reconstruction(with_frames=False)
+    rec.add(render, gt, np.zeros_like(mask), None)
+    assert rec.result()["psnr_face"] is None and rec.result()["psnr_face_frames"] is None

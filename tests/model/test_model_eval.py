@@ -131,6 +131,9 @@ def test_eval_writes_metrics(tiny_model, synthetic_dataset_b, settings, tmp_path
     # against the real crops too (here the JPEG of the same picture as gt/: about the same figures)
     assert abs(sd["psnr_frames"] - sd["psnr"]) < 1.5 and -1 <= sd["ssim_frames"] <= 1
     assert sd["psnr_portrait_frames"] >= sd["psnr_frames"]
+    # the face region alone, against both references: no background to flatter it, no real pixels
+    assert 5 < sd["psnr_face"] < 60 and 5 < sd["psnr_face_frames"] < 60
+    assert sd["psnr_face_frames"] < sd["psnr_portrait_frames"]
     # the model's own torso: said so, and no note about the dataset's
     assert sd["torso"] == "model" and m["new_audio"]["torso"] == "model"
     assert not any("torso" in n for n in m["notes"])

@@ -59,11 +59,20 @@ def test_a_subject_and_a_render_through_real_workers(sample_subject, sample_subj
         out.write_bytes(video.content)
         info = probe(out, Settings(), require_video=True, require_audio=True)
         assert abs(info.duration_s - finished["duration_s"]) < 0.1
+        # its captions (on by default), in the language Whisper detected
+        assert finished["captions"] == "on" and finished["language"] == "en"
+        assert finished["captions_url"].endswith(f"/v1/renders/{render['id']}/captions")
+        vtt = client.get(f"/v1/renders/{render['id']}/captions")
+        assert vtt.status_code == 200 and vtt.headers["content-type"].startswith("text/vtt")
+        assert vtt.text.startswith("WEBVTT") and " --> " in vtt.text
+        srt = client.get(f"/v1/renders/{render['id']}/captions", params={"format": "srt"})
+        assert srt.status_code == 200 and srt.text.startswith("1\n")
 
         # another tenant's key sees none of it
         stranger = httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {other}"}, timeout=30)
         assert stranger.get(f"/v1/subjects/{subject['id']}").status_code == 404
         assert stranger.get(f"/v1/renders/{render['id']}/video").status_code == 404
+        assert stranger.get(f"/v1/renders/{render['id']}/captions").status_code == 404
         assert stranger.get("/v1/renders").json()["items"] == []
     except BaseException:
         print(served.output())

@@ -102,13 +102,18 @@ def test_a_longer_track_does_not_make_the_render_hold_more(
 ):
     """Frames, features and the walk are per batch: peak traced memory (NumPy's allocations) of an 8 s
     render stays within a little of a 2 s one (a list of all frames would be 4x). The audio side works
-    in chunks of 20 s by default; they are made small here so both tracks span several."""
+    in chunks of 20 s by default (the captions' Whisper in chunks of 5 minutes); they are made small here
+    so both tracks span several."""
     import gpu_worker.render.speech as speech
     import gpu_worker.render.stage as stage
 
     monkeypatch.setattr(speech, "CHUNK_FRAMES", 16)
     monkeypatch.setattr(speech, "LEVEL_CHUNK", 64)
     monkeypatch.setattr(stage, "ENVELOPE_FRAMES", 32)
+    import gpu_worker.speech.captions as captions  # Whisper reads the track in chunks too
+
+    monkeypatch.setattr(captions, "CHUNK_S", 2.0)
+    monkeypatch.setattr(captions, "CUT_SEARCH_S", 0.5)
     renderer = Renderer(tiny_model, settings, dataset=subject.dataset)
     renderer.render(_speech(tmp_path / "warm.wav", 1.0), tmp_path / "warm.mp4")  # imports, caches
     peaks = []

@@ -187,9 +187,14 @@ def test_cli_renders_several_tracks_from_one_model_load(
     assert sorted(p.name for p in out.iterdir()) == [
         "silence.mp4",
         "silence.qc.json",
+        "silence.srt",
+        "silence.vtt",
         "speech.mp4",
         "speech.qc.json",
+        "speech.srt",
+        "speech.vtt",
     ]
+    assert (out / "silence.vtt").read_text() == "WEBVTT\n"  # nothing said, nothing transcribed
     assert "silent_audio" in res.output
 
 

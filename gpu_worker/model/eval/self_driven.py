@@ -31,7 +31,10 @@ def evaluate_self_driven(ctx: EvalContext, previews: int = 4) -> dict:
     boxes = mouth_boxes(info.landmarks[ids])  # [V, 4]: the truth's mouth boxes crop both streams
     recon = Reconstruction(with_frames=(info.root / "frames").is_dir())
     if not recon.with_frames:
-        ctx.note("the dataset has no frames/: psnr_frames, ssim_frames, psnr_portrait_frames not measured")
+        ctx.note(
+            "the dataset has no frames/: psnr_frames, ssim_frames, psnr_face_frames, psnr_portrait_frames "
+            "not measured"
+        )
     crops: list[np.ndarray] = []  # [32, 64] uint8 each
     gt_crops: list[np.ndarray] = []
     frames = render_frames(

@@ -93,7 +93,7 @@ def read_report_image(
 async def retry_render(
     render_id: str, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
 ) -> Response:
-    """A failed or canceled render: a new render of the same speech, subject, mode and start frame
+    """A failed or canceled render: a new render of the same speech, subject, mode, start frame and captions
     (202, the new render, ``Location``; ``retry_of`` names the original). 409 ``not_retryable`` for a
     render still running or already succeeded."""
     original = await run_in_threadpool(get_render, session, tenant.id, render_id)  # never on the loop
@@ -114,6 +114,7 @@ async def retry_render(
         render, nxt = lifecycle.create_render(
             session, tenant.id, subject, mode=original.mode, start_frame=original.start_frame,
             ref=original.ref, upload_id=original.upload_id, audio_key=original.audio_key,
+            captions=original.captions or "on", language=original.language,
         )  # fmt: skip
         idem.after_commit(lambda: platform.send(nxt))
         body = {**lifecycle.view(session, JobKind.render, render, platform.base_url), "retry_of": original.id}

@@ -11,7 +11,7 @@ from services.api.deps import CurrentTenant, PlatformDep, SessionDep
 from services.api.idempotency import Idempotency, request_hash
 from services.api.intake import AUDIO, checked_uploads
 from services.api.problems import ApiProblem
-from services.api.routers.renders import check_mode
+from services.api.routers.renders import check_captions, check_mode
 from services.api.routers.subjects import get_owned as get_subject
 from shared.db.models import Batch, Render, new_id, utcnow
 from shared.db.session import tenant_scoped
@@ -29,6 +29,8 @@ class BatchItem(BaseModel):
     ref: str | None = Field(default=None, max_length=500, description="Your own name for the render.")
     mode: str = Field(default="fullframe", description="fullframe | portrait | crop")
     start_frame: int = Field(default=0, ge=0)
+    language: str | None = Field(default=None, max_length=8, description="A Whisper code; default: detected.")
+    captions: str = Field(default="on", description="on | off | burn")
 
 
 class BatchCreate(BaseModel):
@@ -56,6 +58,7 @@ async def create_batch(
                     raise upload
                 uploads.append(upload)
                 check_mode(item.mode)
+                check_captions(item.captions, item.language)
             except ApiProblem as exc:  # say which item
                 raise ApiProblem(exc.status, exc.code, f"items[{i}]: {exc.detail}") from None
             except SyncTalkError as exc:  # the media layer's verdict on the item's file
@@ -67,9 +70,11 @@ async def create_batch(
         hooks = webhooks.subscriptions(session, tenant.id)
         out, nxt = [], []
         for item, upload in zip(body.items, uploads, strict=True):  # no query per item: one INSERT per table
+            captions, language = check_captions(item.captions, item.language)
             render, more = lifecycle.create_render(
                 session, tenant.id, subject, mode=item.mode, start_frame=item.start_frame, ref=item.ref,
                 upload_id=upload.id, audio_key=upload.storage_key, batch_id=batch.id, hooks=hooks,
+                captions=captions, language=language,
             )  # fmt: skip
             out.append({"id": render.id, "ref": item.ref})
             nxt += more

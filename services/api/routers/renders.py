@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -18,7 +19,8 @@ from services.api.routers.subjects import get_owned as get_subject
 from shared.db.models import Render
 from shared.db.session import tenant_scoped
 from shared.db.states import JobKind
-from shared.jobs import lifecycle
+from shared.jobs import keys, lifecycle
+from shared.languages import CAPTION_MODES, check_language
 
 router = APIRouter(tags=["renders"])
 MODES = ("fullframe", "portrait", "crop")
@@ -31,6 +33,28 @@ class RenderCreate(BaseModel):
     mode: str = Field(default="fullframe", description="fullframe | portrait | crop")
     start_frame: int = Field(default=0, ge=0, description="The subject frame (25 fps) the walk starts at.")
     ref: str | None = Field(default=None, max_length=500, description="Your own name for this render.")
+    language: str | None = Field(
+        default=None,
+        max_length=8,
+        description="The speech's language, a Whisper code (en, de, ...); default: detected.",
+    )
+    captions: str = Field(default="on", description="on | off | burn (drawn into the video as well)")
+
+
+CAPTION_TYPES = {"vtt": "text/vtt; charset=utf-8", "srt": "application/x-subrip; charset=utf-8"}
+
+
+def check_captions(captions: str | None, language: str | None) -> tuple[str, str | None]:
+    """(captions mode, language code or None) as stored, or 422 naming what is wrong."""
+    captions = captions or "on"
+    if captions not in CAPTION_MODES:
+        raise ApiProblem(
+            422, "invalid_request", f"captions must be one of {', '.join(CAPTION_MODES)}, got {captions!r}."
+        )
+    try:
+        return captions, check_language(language)
+    except ValueError as exc:
+        raise ApiProblem(422, "invalid_request", f"{exc}.") from None
 
 
 def check_mode(mode: str) -> str:
@@ -49,14 +73,16 @@ async def create_render(
     subject_id: str, request: Request, platform: PlatformDep, session: SessionDep, tenant: CurrentTenant
 ) -> Response:
     """``multipart/form-data`` with an ``audio`` file part, or JSON ``{"upload_id"}``; optional ``mode``,
-    ``start_frame``, ``ref``. The audio is probed before anything is queued."""
+    ``start_frame``, ``ref``, ``language``, ``captions``. The audio is probed before anything is queued."""
     # the database is never called on the event loop: a blocked loop cannot return pooled connections
     subject = await run_in_threadpool(get_subject, session, tenant.id, subject_id)
 
     def build(fields: dict, upload, idem) -> tuple[dict, str]:
+        captions, language = check_captions(fields.get("captions"), fields.get("language"))
         render, nxt = lifecycle.create_render(
             session, tenant.id, subject, mode=check_mode(fields["mode"]), start_frame=fields["start_frame"],
-            ref=fields.get("ref"), upload_id=upload.id, audio_key=upload.storage_key,
+            ref=fields.get("ref"), upload_id=upload.id, audio_key=upload.storage_key, captions=captions,
+            language=language,
         )  # fmt: skip
         idem.after_commit(lambda: platform.send(nxt))
         return lifecycle.view(session, JobKind.render, render, platform.base_url), f"/v1/renders/{render.id}"
@@ -127,3 +153,32 @@ def render_video(
     name = f"{row.ref or row.id}.mp4".replace("/", "_")
     signed = platform.storage.presign_get(row.video_key, 900, filename=name)
     return RedirectResponse(signed.url, status_code=307)
+
+
+@router.get(
+    "/v1/renders/{render_id}/captions",
+    summary="The render's captions (WebVTT or SubRip)",
+    responses={200: {"content": {"text/vtt": {}, "application/x-subrip": {}}}},
+)
+def render_captions(
+    render_id: str,
+    platform: PlatformDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    format: Annotated[str, Query(description="vtt (WebVTT, the default) or srt (SubRip)")] = "vtt",
+) -> Response:
+    """The captions of a finished render (409 ``not_ready`` before it succeeded, like ``/video``; 404
+    when it has none: made with ``captions: "off"``, or before renders had captions)."""
+    if format not in CAPTION_TYPES:
+        raise ApiProblem(422, "invalid_request", f"format must be vtt or srt, got {format!r}.")
+    row = get_owned(session, tenant.id, render_id)
+    if row.status != "succeeded":
+        raise ApiProblem(
+            409, "not_ready", f"Render {render_id} is {row.status}; its captions exist once it succeeded."
+        )
+    key = keys.captions_key(row.tenant_id, row.id, format)
+    if not row.captions_key or not platform.storage.exists(key):
+        raise ApiProblem(404, "not_found", f"Render {render_id} has no captions.")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{row.ref or row.id}.{format}")  # a plain header value
+    headers = {"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "private, max-age=300"}
+    return Response(platform.storage.read_bytes(key), media_type=CAPTION_TYPES[format], headers=headers)
