@@ -22,6 +22,16 @@ def postgres_server() -> str:
     return server
 
 
+def redis_server() -> str:
+    """The test Redis URL (a database index of its own), skipped where none is set, failing on CI."""
+    url = os.environ.get("SYNCTALK_TEST_REDIS_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must provide SYNCTALK_TEST_REDIS_URL (.ci/run sets it)")
+        pytest.skip("SYNCTALK_TEST_REDIS_URL not set")
+    return url
+
+
 @contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """The URL of a new, empty database; dropped (connections and all) when the block ends."""

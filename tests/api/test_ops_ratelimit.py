@@ -4,7 +4,6 @@ address before it, counted in memory or in a Redis shared by API processes."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
@@ -27,6 +26,7 @@ from api_helpers import (
     postgres_url,
     run_job,
 )
+from databases import redis_server
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from sqlalchemy import select
@@ -435,12 +435,7 @@ def test_a_bad_trusted_proxy_setting_is_refused_at_start():
 
 @pytest.fixture
 def redis_url() -> str:
-    url = os.environ.get("SYNCTALK_TEST_REDIS_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must provide SYNCTALK_TEST_REDIS_URL (.ci/run sets it)")
-        pytest.skip("SYNCTALK_TEST_REDIS_URL not set")
-    return url
+    return redis_server()
 
 
 def test_two_api_processes_share_their_counts_through_redis(tmp_path, redis_url):

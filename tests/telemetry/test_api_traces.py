@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import socket
 import time
 import wave
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 from api_helpers import EventStream, make_api, new_subject, run_job, served
+from databases import redis_server
 from opentelemetry.trace import SpanKind
 from sqlalchemy import select
 
@@ -26,15 +26,6 @@ from shared.db.models import Stage, utcnow
 from shared.jobs import dispatch
 from shared.queue.app import make_celery
 from shared.settings import Settings
-
-
-def redis_url() -> str:
-    url = os.environ.get("SYNCTALK_TEST_REDIS_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must provide SYNCTALK_TEST_REDIS_URL (.ci/run sets it)")
-        pytest.skip("SYNCTALK_TEST_REDIS_URL not set")
-    return url
 
 
 def _wav(seconds: float = 1.0) -> bytes:
@@ -86,7 +77,7 @@ def _ready_subject(api) -> str:
 
 @pytest.fixture
 def api(tmp_path: Path):
-    made = make_api(tmp_path, broker_url=redis_url())
+    made = make_api(tmp_path, broker_url=redis_server())
     yield made
     made.close()
 
@@ -117,7 +108,7 @@ def test_a_render_request_is_one_trace_from_its_span_to_its_task_message(api, sp
     send = next(s for s in in_request if s.name == "send stages")
     assert send.kind == SpanKind.PRODUCER and send.attributes["messaging.batch.message_count"] == 1
 
-    message = _take_message(redis_url(), "gpu", render_id)  # the render stage's queue
+    message = _take_message(redis_server(), "gpu", render_id)  # the render stage's queue
     version, sent_trace, parent, flags = message["headers"]["traceparent"].split("-")
     assert (version, sent_trace, parent) == ("00", trace_id, f"{send.context.span_id:016x}")
     assert int(flags, 16) & 1  # sampled: the worker records its stage too
@@ -134,7 +125,7 @@ def _dead_port() -> int:
 
 
 def test_a_stage_the_scheduler_sends_later_joins_the_trace_of_the_request_that_made_it(tmp_path, spans):
-    url = redis_url()
+    url = redis_server()
     api = make_api(tmp_path, broker_url=f"redis://127.0.0.1:{_dead_port()}/0")  # the broker is down
     try:
         subject_id = _ready_subject(api)
@@ -225,7 +216,7 @@ def test_a_render_made_due_by_its_subjects_worker_keeps_the_trace_of_its_own_req
                 s.commit()
         assert [(n.job_id, n.stage) for n in nxt] == [(render_id, "render")]
         assert dispatch.send(api.platform.celery, api.platform.sessions, nxt)
-    message = _take_message(redis_url(), "gpu", render_id)
+    message = _take_message(redis_server(), "gpu", render_id)
     _, sent_trace, parent, _ = message["headers"]["traceparent"].split("-")
     assert sent_trace == f"{request.context.trace_id:032x}" != f"{stage.get_span_context().trace_id:032x}"
     send = next(x for x in spans.get_finished_spans() if x.name == "send render.render")

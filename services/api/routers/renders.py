@@ -21,6 +21,7 @@ from shared.db.session import tenant_scoped
 from shared.db.states import JobKind
 from shared.jobs import keys, lifecycle
 from shared.languages import CAPTION_MODES, check_language
+from shared.storage import NotFoundError
 
 router = APIRouter(tags=["renders"])
 MODES = ("fullframe", "portrait", "crop")
@@ -176,9 +177,13 @@ def render_captions(
         raise ApiProblem(
             409, "not_ready", f"Render {render_id} is {row.status}; its captions exist once it succeeded."
         )
-    key = keys.captions_key(row.tenant_id, row.id, format)
-    if not row.captions_key or not platform.storage.exists(key):
-        raise ApiProblem(404, "not_found", f"Render {render_id} has no captions.")
+    missing = ApiProblem(404, "not_found", f"Render {render_id} has no captions.")
+    if not row.captions_key:
+        raise missing
+    try:  # one read: no existence check first
+        body = platform.storage.read_bytes(keys.captions_key(row.tenant_id, row.id, format))
+    except NotFoundError:
+        raise missing from None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{row.ref or row.id}.{format}")  # a plain header value
     headers = {"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "private, max-age=300"}
-    return Response(platform.storage.read_bytes(key), media_type=CAPTION_TYPES[format], headers=headers)
+    return Response(body, media_type=CAPTION_TYPES[format], headers=headers)
